@@ -1,0 +1,104 @@
+"""Open checkpoint files of any supported format as a stream of `NamedTensor`s.
+
+Formats are recognised by content first (magic bytes, zip members, header
+shape), and by file suffix only when the content says nothing. Each format lives
+in its own module and registers a `Format` here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tbweights.errors import CheckpointError
+from tbweights.tensors import NamedTensor
+
+HEAD_BYTES = 64
+_LFS_POINTER = b"version https://git-lfs"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to read a checkpoint.
+
+    `trust` allows loaders that can run code stored in the file (full pickles,
+    TorchScript, NumPy object arrays); only set it for files you trust.
+    `include_optimizer` keeps optimizer and scheduler state, left out by default.
+    """
+
+    trust: bool = False
+    include_optimizer: bool = False
+
+
+@dataclass(frozen=True)
+class Format:
+    """One checkpoint format: how to recognise it and how to read it."""
+
+    name: str
+    sniff: Callable[[Path, bytes], bool]
+    read: Callable[[Path, LoadOptions], Iterator[NamedTensor]]
+    suffixes: tuple[str, ...] = ()
+
+
+# Modules that define a module-level `FORMAT`; the order is the order of sniffing.
+_FORMAT_MODULES: tuple[str, ...] = (
+    "tbweights.checkpoints.safetensors",
+    "tbweights.checkpoints.numpy",
+    "tbweights.checkpoints.torch",
+)
+
+
+def formats() -> list[Format]:
+    """Every registered format, in sniffing order."""
+    return [importlib.import_module(name).FORMAT for name in _FORMAT_MODULES]
+
+
+def read_head(path: Path) -> bytes:
+    """The first bytes of `path` (empty for a directory), with a clear error if unreadable."""
+    if not path.exists():
+        raise CheckpointError(path, "no such file or directory")
+    if path.is_dir():
+        return b""
+    try:
+        with path.open("rb") as file:
+            return file.read(HEAD_BYTES)
+    except PermissionError:
+        raise CheckpointError(path, "permission denied; check the file's read permission") from None
+    except OSError as error:
+        raise CheckpointError(path, f"cannot read the file: {error.strerror or error}") from None
+
+
+def detect(path: str | os.PathLike[str]) -> Format:
+    """The format of the checkpoint at `path`, or a `CheckpointError` saying why none fits."""
+    path = Path(path)
+    head = read_head(path)
+    if path.is_file() and not head:
+        raise CheckpointError(path, "the file is empty")
+    if head.startswith(_LFS_POINTER):
+        raise CheckpointError(
+            path,
+            "this is a Git LFS pointer, not the checkpoint itself; "
+            "fetch the real file with `git lfs pull`",
+        )
+    known = formats()
+    for fmt in known:
+        if fmt.sniff(path, head):
+            return fmt
+    for fmt in known:
+        if path.name.endswith(fmt.suffixes) and fmt.suffixes:
+            return fmt
+    what = "directory" if path.is_dir() else "file"
+    names = ", ".join(fmt.name for fmt in known)
+    raise CheckpointError(path, f"unknown checkpoint format for this {what}; supported: {names}")
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], options: LoadOptions | None = None
+) -> Iterator[NamedTensor]:
+    """Yield the tensors of one checkpoint, lazily."""
+    options = options or LoadOptions()
+    fmt = detect(path)
+    yield from fmt.read(Path(path), options)
