@@ -1,0 +1,40 @@
+"""tbweights: see your weights in TensorBoard.
+
+Histograms of every weight and bias tensor, their first values and statistics as
+text, and an overview table per step, from live models or checkpoint files.
+Importing this package imports no framework: torch, Keras or TensorFlow are only
+touched when you pass one of their objects.
+"""
+
+from __future__ import annotations
+
+from tbweights.errors import (
+    CheckpointError,
+    MissingDependencyError,
+    TbweightsError,
+    TensorError,
+    UnsafeCheckpointError,
+    UnsupportedModelError,
+)
+from tbweights.stats import TensorStats, compute_stats
+from tbweights.tensors import NamedTensor, Role
+from tbweights.writer import StepReport, WeightWriter, log_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "MissingDependencyError",
+    "NamedTensor",
+    "Role",
+    "StepReport",
+    "TbweightsError",
+    "TensorError",
+    "TensorStats",
+    "UnsafeCheckpointError",
+    "UnsupportedModelError",
+    "WeightWriter",
+    "__version__",
+    "compute_stats",
+    "log_weights",
+]

@@ -1,0 +1,7 @@
+"""`python -m tbweights` runs the CLI."""
+
+import sys
+
+from tbweights.cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""NumPy `.npy` and `.npz` files, never unpickled unless the user trusts the file."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from tbweights.checkpoints import Format, LoadOptions
+from tbweights.errors import CheckpointError, UnsafeCheckpointError
+from tbweights.tensors import NamedTensor, guess_role
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+TRUST_HINT = "pass --trust-checkpoint (Python: trust=True) only if you trust this file"
+
+
+def _sniff(path: Path, head: bytes) -> bool:
+    if head.startswith(NPY_MAGIC):
+        return True
+    if not head.startswith(ZIP_MAGIC):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return bool(names) and all(name.endswith(".npy") for name in names)
+
+
+def _load_npy(path: Path, source: object, name: str, options: LoadOptions) -> np.ndarray:
+    try:
+        return np.load(source, mmap_mode="r" if isinstance(source, Path) else None, allow_pickle=options.trust)  # type: ignore[arg-type]
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise UnsafeCheckpointError(
+                path, f"array {name!r} holds Python objects, and loading them runs code from the file; {TRUST_HINT}"
+            ) from None
+        raise CheckpointError(path, f"array {name!r} cannot be read: {error}") from None
+
+
+def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
+    if _head(path).startswith(NPY_MAGIC):
+        array = _load_npy(path, path, path.stem, options)
+        yield _record(path.stem, array)
+        return
+    try:
+        archive = np.load(path, allow_pickle=options.trust)
+    except (ValueError, OSError, zipfile.BadZipFile) as error:
+        raise CheckpointError(path, f"cannot open the .npz archive: {error}") from None
+    with archive:
+        for member in archive.files:
+            yield _lazy_member(path, archive, member)
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as file:
+        return file.read(6)
+
+
+def _lazy_member(path: Path, archive: np.lib.npyio.NpzFile, member: str) -> NamedTensor:
+    # Shape and dtype come from the member's .npy header without reading its data.
+    with archive.zip.open(member + ".npy") as stream:
+        major, _ = np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(stream)
+
+    def load() -> np.ndarray:
+        try:
+            return archive[member]
+        except ValueError as error:
+            raise UnsafeCheckpointError(path, f"array {member!r} holds Python objects; {TRUST_HINT}") from None
+
+    return NamedTensor(name=member, shape=tuple(shape), dtype=str(dtype), load=load, role=guess_role(member, len(shape)))
+
+
+def _record(name: str, array: np.ndarray) -> NamedTensor:
+    return NamedTensor(name=name, shape=tuple(array.shape), dtype=str(array.dtype), load=lambda: array, role=guess_role(name, array.ndim))
+
+
+FORMAT = Format(name="numpy", sniff=_sniff, read=_read, suffixes=(".npy", ".npz"))

@@ -1,0 +1,126 @@
+"""PyTorch checkpoints: `torch.save` zip files (memory-mapped) and legacy pickles.
+
+Files are always loaded with `weights_only=True` and `map_location="cpu"`, so no
+code from the file runs and checkpoints saved from GPU tensors open on any
+machine. Full unpickling is available only when the user trusts the file.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tbweights.checkpoints import Format, LoadOptions
+from tbweights.checkpoints.nesting import weight_tensors
+from tbweights.errors import CheckpointError, MissingDependencyError, UnsafeCheckpointError
+from tbweights.tensors import NamedTensor, Role
+
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOL_2_PLUS = b"\x80"
+TRUST_FLAG = "--trust-checkpoint (Python: trust=True)"
+
+
+def _zip_members(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
+def _sniff(path: Path, head: bytes) -> bool:
+    if head.startswith(PICKLE_PROTOCOL_2_PLUS):
+        return True
+    if not head.startswith(ZIP_MAGIC):
+        return False
+    # The zip's inner folder name need not match the file name: look for any */data.pkl.
+    return any(name.endswith("data.pkl") for name in _zip_members(path))
+
+
+def _is_torchscript(members: list[str]) -> bool:
+    return any(name.endswith("constants.pkl") for name in members) and any("/code/" in name for name in members)
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("torch", "torch", "reading a PyTorch checkpoint") from None
+    return torch
+
+
+def load_object(path: Path, options: LoadOptions) -> Any:
+    """torch.load the file safely, or raise a CheckpointError that says what to do."""
+    torch = _import_torch()
+    is_zip = path.open("rb").read(4) == ZIP_MAGIC
+    members = _zip_members(path) if is_zip else []
+    if is_zip and not members:
+        raise CheckpointError(path, "the zip archive is corrupt or truncated")
+    if _is_torchscript(members):
+        if not options.trust:
+            raise UnsafeCheckpointError(
+                path, f"this is a TorchScript archive; loading it runs code from the file; pass {TRUST_FLAG} to allow it"
+            )
+        module = torch.jit.load(str(path), map_location="cpu")
+        return module.state_dict()
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not options.trust, mmap=is_zip)
+    except pickle.UnpicklingError as error:
+        raise _unpickling_error(path, error) from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(path, f"torch.load failed ({message}); the file is corrupt, truncated or not a PyTorch checkpoint") from None
+
+
+def _unpickling_error(path: Path, error: Exception) -> CheckpointError:
+    text = str(error)
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if match:
+        name = match.group(1)
+        return UnsafeCheckpointError(
+            path,
+            f"the file holds {name}, which safe loading (weights_only=True) rejects; "
+            f"if you trust the file, pass {TRUST_FLAG}, or in Python call "
+            f"torch.serialization.add_safe_globals([{name}]) first",
+        )
+    first = text.strip().splitlines()[0] if text.strip() else "unpickling failed"
+    return UnsafeCheckpointError(path, f"safe loading rejected the file ({first}); pass {TRUST_FLAG} if you trust it")
+
+
+def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
+    from tbweights.frameworks import torch as torch_adapter
+
+    torch = _import_torch()
+    obj = load_object(path, options)
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    pairs = weight_tensors(obj, torch_adapter.is_tensor, include_optimizer=options.include_optimizer)
+    groups: dict[Any, list[tuple[str, Any]]] = {}
+    for name, tensor in pairs:
+        key = _storage_key(tensor) or name
+        groups.setdefault(key, []).append((name, tensor))
+    for members in groups.values():
+        name, tensor = members[0]
+        role = Role.OPTIMIZER if options.include_optimizer and _looks_like_optimizer(name) else None
+        record = torch_adapter.tensor_record(name, tensor, role)
+        aliases = tuple(alias for alias, _ in members[1:])  # tied weights: logged once
+        yield NamedTensor(record.name, record.shape, record.dtype, record.load, record.role, aliases)
+
+
+def _storage_key(tensor: Any) -> tuple[int, int, tuple[int, ...], Any] | None:
+    try:
+        return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _looks_like_optimizer(name: str) -> bool:
+    head = name.split(".", 1)[0]
+    return head in {"optimizer", "optimizer_states", "optim", "opt", "optimizer_state_dict"}
+
+
+FORMAT = Format(name="pytorch", sniff=_sniff, read=_read, suffixes=(".pt", ".pth", ".bin", ".ckpt", ".tar"))

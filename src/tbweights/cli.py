@@ -1,0 +1,163 @@
+"""The `tbweights` command: convert checkpoints to TensorBoard runs, or show them.
+
+The CLI only parses arguments, calls the library and prints. Results go to
+stdout; progress, warnings and errors to stderr. A known error prints one
+`error:` line and exits 1; usage errors exit 2; `--debug` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from tbweights import __version__
+from tbweights.checkpoints import LoadOptions
+from tbweights.cli_output import Output, print_show_table
+from tbweights.convert import convert, describe
+from tbweights.errors import TbweightsError
+from tbweights.stats import DEFAULT_BUCKETS, DEFAULT_FIRST
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+_CONVERT_EPILOG = """\
+steps:
+  Each checkpoint becomes one step of the run. With --step N the checkpoints get
+  N, N+1, ... in the order given. Otherwise the step is read from the file name,
+  then from its folder's name: the number after step, iter, checkpoint, ckpt or
+  epoch (checkpoint-500/ -> 500, epoch=4-step=1000.ckpt -> 1000), or a number that
+  ends the name (model_00010.pt -> 10); a name without one gets its position.
+
+examples:
+  tbweights convert model.safetensors --logdir runs/model
+  tbweights convert run/checkpoint-*/model.safetensors --logdir runs/train
+  tbweights convert last.ckpt --logdir runs/x --exclude '*.num_batches_tracked'
+"""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--first", type=_non_negative, default=DEFAULT_FIRST, metavar="N",
+                        help=f"number of first values to show per tensor, row-major (default {DEFAULT_FIRST})")
+    parser.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                        help="only tensors whose name matches this glob pattern (repeatable)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                        help="leave out tensors whose name matches this glob pattern (repeatable)")
+    parser.add_argument("--include-optimizer", action="store_true",
+                        help="also read optimizer and scheduler state from training checkpoints")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow loaders that can run code from the file (full pickles, "
+                        "TorchScript, NumPy object arrays); only for files you trust")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress or warnings on stderr")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tbweights", description="See neural-network weights in TensorBoard.")
+    parser.add_argument("--version", action="version", version=f"tbweights {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    conv = commands.add_parser("convert", help="write checkpoints as steps of a TensorBoard run",
+                               description="Write the weights of checkpoint files to a TensorBoard log directory.",
+                               epilog=_CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    conv.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files or folders")
+    conv.add_argument("--logdir", required=True, metavar="DIR", help="TensorBoard log directory to write to")
+    conv.add_argument("--step", type=_non_negative, default=None, metavar="N", help="step of the first checkpoint (see 'steps' below)")
+    conv.add_argument("--buckets", type=_positive, default=DEFAULT_BUCKETS, metavar="K",
+                      help=f"histogram buckets per tensor (default {DEFAULT_BUCKETS}, as tf.summary.histogram)")
+    _add_common(conv)
+
+    show = commands.add_parser("show", help="print each tensor's statistics and first values",
+                               description="Print one row per tensor: name, shape, dtype, statistics, first values.")
+    show.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or folder")
+    _add_common(show)
+
+    demo = commands.add_parser("demo", help="log a built-in 784-128-10 MLP at step 0",
+                               description="Write the initial weights of a built-in MLP, to try tbweights and TensorBoard.")
+    demo.add_argument("--logdir", default="runs/demo", metavar="DIR", help="log directory (default runs/demo)")
+    demo.add_argument("--quiet", "-q", action="store_true", help=argparse.SUPPRESS)
+    demo.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def _load_options(args: argparse.Namespace) -> LoadOptions:
+    return LoadOptions(trust=args.trust_checkpoint, include_optimizer=args.include_optimizer)
+
+
+def run_convert(args: argparse.Namespace, out: Output) -> int:
+    with out.progress() as progress:
+        report = convert(
+            args.checkpoints, args.logdir, start_step=args.step, load_options=_load_options(args),
+            first=args.first, buckets=args.buckets, include=args.include, exclude=args.exclude,
+            on_checkpoint=progress.start_checkpoint, on_tensor=progress.advance,
+        )
+    for path, step_report in report.steps:
+        out.result(f"step {step_report.step}: {len(step_report.results)} tensors from {path}")
+        for skipped in step_report.skipped:
+            out.warn(f"skipped tensor {skipped.name!r} in {path}: {skipped.reason}")
+    for failed in report.failed:
+        out.error(failed.reason)
+    out.result(f"wrote {len(report.steps)} step(s) to {report.event_file}")
+    if report.steps:
+        out.result(f"open it with: tensorboard --logdir {report.logdir}")
+    if report.failed:
+        out.error(f"{len(report.failed)} of {len(args.checkpoints)} checkpoint(s) skipped; see the errors above")
+        return EXIT_ERROR
+    return 0
+
+
+def run_show(args: argparse.Namespace, out: Output) -> int:
+    rows = describe(args.checkpoint, first=args.first, load_options=_load_options(args))
+    from tbweights.writer import SummaryOptions
+
+    selection = SummaryOptions(include=tuple(args.include), exclude=tuple(args.exclude))
+    failures = print_show_table(((t, s) for t, s in rows if selection.selects(t.name)), out)
+    return EXIT_ERROR if failures else 0
+
+
+def run_demo(args: argparse.Namespace, out: Output) -> int:
+    from tbweights.demo import demo_model
+    from tbweights.writer import log_weights
+
+    report = log_weights(demo_model(), args.logdir, step=0)
+    out.result(f"wrote {len(report.results)} tensors of a 784-128-10 MLP at step 0 to {args.logdir}")
+    out.result(f"open it with: tensorboard --logdir {args.logdir}")
+    return 0
+
+
+_COMMANDS = {"convert": run_convert, "show": run_show, "demo": run_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Output(quiet=args.quiet)
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="warning: %(message)s")
+    try:
+        return _COMMANDS[args.command](args, out)
+    except TbweightsError as error:
+        if args.debug:
+            raise
+        out.error(str(error))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        out.error("interrupted; the event file holds every step written before the interrupt")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

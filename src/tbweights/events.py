@@ -1,0 +1,83 @@
+"""Write TensorBoard event files.
+
+Files are named like TensorBoard's own (`events.out.tfevents.<time>.<host>.<pid>.<n>`)
+and records are framed by TensorBoard's `RecordWriter`: little-endian length,
+masked CRC-32C of the length, payload, masked CRC-32C of the payload. Writes are
+synchronous and each record goes to the file in one `write` call, so an error or
+an interrupt never leaves a half-written record behind a successful return.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from typing import BinaryIO
+
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+from tbweights.errors import TbweightsError
+
+_file_counter = itertools.count()
+
+
+class EventFileError(TbweightsError):
+    """The event file could not be created or written."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def event_file_name(suffix: str = "") -> str:
+    return "events.out.tfevents.%010d.%s.%d.%d%s" % (
+        time.time(),
+        socket.gethostname(),
+        os.getpid(),
+        next(_file_counter),
+        suffix,
+    )
+
+
+class EventFile:
+    """One event file in `logdir`, opened on construction."""
+
+    def __init__(self, logdir: str | os.PathLike[str], filename_suffix: str = "") -> None:
+        self.logdir = os.fspath(logdir)
+        try:
+            os.makedirs(self.logdir, exist_ok=True)
+        except OSError as error:
+            raise EventFileError(self.logdir, f"cannot create the log directory: {error.strerror}") from None
+        self.path = os.path.join(self.logdir, event_file_name(filename_suffix))
+        try:
+            self._file: BinaryIO = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        except OSError as error:
+            raise EventFileError(self.path, f"cannot create the event file: {error.strerror}") from None
+        self._records = RecordWriter(self._file)
+        self.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def write(self, event: event_pb2.Event) -> None:
+        try:
+            self._records.write(event.SerializeToString())
+        except OSError as error:
+            raise EventFileError(self.path, f"cannot write: {error.strerror}") from None
+
+    def write_summary(self, step: int, values: list[summary_pb2.Summary.Value]) -> None:
+        summary = summary_pb2.Summary(value=values)
+        self.write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except OSError as error:
+            raise EventFileError(self.path, f"cannot write: {error.strerror}") from None
+
+    def close(self) -> None:
+        if not self._file.closed:
+            try:
+                self._file.close()
+            except OSError as error:
+                raise EventFileError(self.path, f"cannot write: {error.strerror}") from None

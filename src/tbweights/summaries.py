@@ -1,0 +1,114 @@
+"""Build TensorBoard summary protos: histograms, text and scalars.
+
+Plugin metadata comes from TensorBoard's own plugin modules and tensors from
+its `tensor_util`, so the protos are exactly what TensorBoard's readers expect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.histogram import metadata as histogram_metadata
+from tensorboard.plugins.scalar import metadata as scalar_metadata
+from tensorboard.plugins.text import metadata as text_metadata
+from tensorboard.util import tensor_util
+
+from tbweights.stats import TensorStats
+from tbweights.tensors import NamedTensor
+
+_HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(
+    display_name=None, description=None
+)
+_TEXT_METADATA = text_metadata.create_summary_metadata(display_name=None, description=None)
+_SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name=None, description=None)
+
+OVERVIEW_COLUMNS = ("name", "shape", "dtype", "count", "mean", "std", "min", "max", "first values")
+
+
+def histogram_value(tag: str, histogram: np.ndarray) -> summary_pb2.Summary.Value:
+    tensor = tensor_util.make_tensor_proto(histogram, dtype=np.float64)
+    return summary_pb2.Summary.Value(tag=tag, metadata=_HISTOGRAM_METADATA, tensor=tensor)
+
+
+def text_value(tag: str, text: str | np.ndarray) -> summary_pb2.Summary.Value:
+    array = np.asarray(text, dtype=object)
+    tensor = tensor_util.make_tensor_proto(array)
+    return summary_pb2.Summary.Value(tag=tag, metadata=_TEXT_METADATA, tensor=tensor)
+
+
+def scalar_value(tag: str, value: float) -> summary_pb2.Summary.Value:
+    tensor = tensor_util.make_tensor_proto(np.float32(value))
+    return summary_pb2.Summary.Value(tag=tag, metadata=_SCALAR_METADATA, tensor=tensor)
+
+
+def fmt(value: float | int | bool | None) -> str:
+    """Numbers as people read them: 6 significant digits, integers in full."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.6g}"
+
+
+def fmt_shape(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def fmt_first(values: Sequence[float | int | bool]) -> str:
+    return ", ".join(fmt(v) for v in values)
+
+
+def _escape(text: str) -> str:
+    """Keep a raw name from being read as Markdown or HTML."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'").replace("<", "&lt;")
+
+
+def tensor_markdown(tensor: NamedTensor, stats: TensorStats) -> str:
+    """The text summary of one tensor: its name verbatim, statistics and first values."""
+    rows = [
+        ("name", f"`{_escape(tensor.name)}`"),
+        ("role", tensor.role.value),
+        ("shape", fmt_shape(tensor.shape)),
+        ("dtype", tensor.dtype),
+        ("count", fmt(stats.count)),
+        ("mean", fmt(stats.mean)),
+        ("std", fmt(stats.std)),
+        ("min", fmt(stats.min)),
+        ("max", fmt(stats.max)),
+        ("zeros", fmt(stats.zeros)),
+        ("NaN", fmt(stats.nan)),
+        ("+Inf", fmt(stats.posinf)),
+        ("-Inf", fmt(stats.neginf)),
+        (f"first {len(stats.first)} (row-major)", fmt_first(stats.first)),
+    ]
+    if tensor.aliases:
+        rows.append(("also named", ", ".join(f"`{_escape(a)}`" for a in tensor.aliases)))
+    if tensor.note:
+        rows.append(("note", _escape(tensor.note)))
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in rows]
+    return "\n".join(lines)
+
+
+def overview_row(tensor: NamedTensor, stats: TensorStats) -> list[str]:
+    return [
+        _escape(tensor.name),
+        fmt_shape(tensor.shape),
+        tensor.dtype,
+        fmt(stats.count),
+        fmt(stats.mean),
+        fmt(stats.std),
+        fmt(stats.min),
+        fmt(stats.max),
+        fmt_first(stats.first),
+    ]
+
+
+def overview_table(rows: Sequence[Sequence[str]]) -> np.ndarray:
+    """A 2-D string array with a bold header row; TensorBoard renders it as a table."""
+    header = [f"**{column}**" for column in OVERVIEW_COLUMNS]
+    return np.array([header, *rows], dtype=object)

@@ -1,0 +1,66 @@
+"""Turn tensor names into TensorBoard tags that are valid, grouped and unique.
+
+The rule (documented in the README):
+
+1. A TensorFlow output suffix `:0` is dropped.
+2. A name without `/` gets its last `.` replaced by `/`, so `layers.0.fc1.weight`
+   becomes `layers.0.fc1/weight`: TensorBoard groups cards by the text before the
+   first `/`, which is then the layer.
+3. Characters other than letters, digits, `_`, `-`, `.` and `/` become `_`;
+   repeated `/` collapse; leading and trailing `/` are removed.
+4. Tags longer than 200 characters are cut and end in `~` plus 8 hex digits of the
+   name's SHA-1, so two long names stay apart.
+5. A tensor's histogram takes the tag, its text summary the tag plus `/stats`.
+   When a tag is already taken by another name, `_2`, `_3`, ... is appended.
+
+A name keeps its tags for the life of the writer, so every step lands on the
+same cards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+MAX_TAG_LENGTH = 200
+TEXT_SUFFIX = "/stats"
+OVERVIEW_TAG = "tbweights/overview"
+
+_UNSAFE = re.compile(r"[^\w.\-/]")
+_SLASHES = re.compile(r"/{2,}")
+
+
+def clean_tag(name: str) -> str:
+    """Steps 1 to 4 of the rule above."""
+    tag = name[:-2] if name.endswith(":0") else name
+    if "/" not in tag and "." in tag:
+        head, _, leaf = tag.rpartition(".")
+        tag = f"{head}/{leaf}"
+    tag = _UNSAFE.sub("_", tag)
+    tag = _SLASHES.sub("/", tag).strip("/") or "_"
+    if len(tag) > MAX_TAG_LENGTH:
+        digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+        tag = f"{tag[: MAX_TAG_LENGTH - 9]}~{digest}"
+    return tag
+
+
+class TagAllocator:
+    """Hands out a (histogram tag, text tag) pair per name, stable and collision-free."""
+
+    def __init__(self, reserved: tuple[str, ...] = (OVERVIEW_TAG,)) -> None:
+        self._by_name: dict[str, tuple[str, str]] = {}
+        self._taken: set[str] = set(reserved)
+
+    def tags(self, name: str) -> tuple[str, str]:
+        known = self._by_name.get(name)
+        if known is not None:
+            return known
+        base = clean_tag(name)
+        candidate, n = base, 1
+        while candidate in self._taken or candidate + TEXT_SUFFIX in self._taken:
+            n += 1
+            candidate = f"{base}_{n}"
+        pair = (candidate, candidate + TEXT_SUFFIX)
+        self._taken.update(pair)
+        self._by_name[name] = pair
+        return pair
