@@ -44,13 +44,25 @@ def fetch_checkpoint(workdir: Path) -> Path:
 
 
 def convert(checkpoint: Path, logdir: Path) -> None:
-    command = [sys.executable, "-m", "tbweights", "convert", str(checkpoint), "--logdir", str(logdir), "--step", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "tbweights",
+        "convert",
+        str(checkpoint),
+        "--logdir",
+        str(logdir),
+        "--step",
+        "0",
+    ]
     subprocess.run(command, check=True)
 
 
 def verify(checkpoint: Path, logdir: Path) -> int:
     """Compare what TensorBoard reads back with the file; return the tensor count."""
-    accumulator = event_accumulator.EventAccumulator(str(logdir), size_guidance={event_accumulator.TENSORS: 0})
+    accumulator = event_accumulator.EventAccumulator(
+        str(logdir), size_guidance={event_accumulator.TENSORS: 0}
+    )
     accumulator.Reload()
     tensors = load_file(str(checkpoint))
     overview = tensor_util.make_ndarray(accumulator.Tensors("tbweights/overview")[0].tensor_proto)
@@ -59,7 +71,9 @@ def verify(checkpoint: Path, logdir: Path) -> int:
         tag = name.rsplit(".", 1)[0] + "/" + name.rsplit(".", 1)[1]
         histogram = tensor_util.make_ndarray(accumulator.Tensors(tag)[0].tensor_proto)
         if histogram[:, 2].sum() != values.size:
-            raise AssertionError(f"{name}: histogram counts {histogram[:, 2].sum()} != {values.size} elements")
+            raise AssertionError(
+                f"{name}: histogram counts {histogram[:, 2].sum()} != {values.size} elements"
+            )
         expected = ", ".join(f"{v:.6g}" for v in values.reshape(-1)[:FIRST].astype(np.float64).tolist())
         if rows[name][-1].decode() != expected:
             raise AssertionError(f"{name}: first values {rows[name][-1]!r} != {expected!r}")

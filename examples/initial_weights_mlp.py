@@ -1,7 +1,7 @@
 """Log the initial weights of a small PyTorch MLP (784-128-10) at step 0.
 
-    python examples/initial_weights_mlp.py runs/mlp-init
-    tensorboard --logdir runs/mlp-init
+python examples/initial_weights_mlp.py runs/mlp-init
+tensorboard --logdir runs/mlp-init
 """
 
 from __future__ import annotations

@@ -19,7 +19,11 @@ def loaded(path, **options) -> dict[str, np.ndarray]:
 
 
 def test_safetensors_in_file_order(tmp_path) -> None:
-    tensors = {"z.weight": np.ones((2, 2), np.float32), "a.bias": np.zeros(3, np.float32), "m.w": np.arange(4.0)}
+    tensors = {
+        "z.weight": np.ones((2, 2), np.float32),
+        "a.bias": np.zeros(3, np.float32),
+        "m.w": np.arange(4.0),
+    }
     path = tmp_path / "model.safetensors"
     save_file(tensors, str(path))
     records = list(read_checkpoint(path))

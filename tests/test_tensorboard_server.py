@@ -43,8 +43,17 @@ def server(tmp_path: Path):
     log_weights(weights, logdir / "mlp", step=0)
     port = free_port()
     command = [
-        sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
-        "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1",
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        str(logdir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--reload_interval",
+        "1",
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -76,7 +76,12 @@ def test_overview_table_has_a_row_per_tensor(logdir, read_run) -> None:
     assert table.shape == (1 + 6, 9)
     assert table[0, 0] == b"**name**"
     assert [row[0].decode() for row in table[1:]] == [
-        "0.weight", "0.bias", "2.weight", "2.bias", "3.weight", "3.bias"
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+        "3.weight",
+        "3.bias",
     ]
 
 
