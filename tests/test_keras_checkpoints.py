@@ -33,8 +33,9 @@ def build_nested_model() -> Any:
     """A functional model with a nested Sequential, batch norm, a bias-free layer and bfloat16."""
     inputs = keras.Input((4,), name="features")
     inner = keras.Sequential([keras.layers.Dense(3, name="d_in"), keras.layers.Dense(2)], name="inner")
-    x = keras.layers.Dense(5)(inputs)
-    x = keras.layers.BatchNormalization()(x)
+    # Explicit names: Keras numbers default names per process, which depends on test order.
+    x = keras.layers.Dense(5, name="dense_1")(inputs)
+    x = keras.layers.BatchNormalization(name="batch_normalization")(x)
     x = inner(x)
     x = keras.layers.Dense(3, use_bias=False, name="no_bias")(x)
     x = keras.layers.Dense(2, dtype="bfloat16", name="half")(x)

@@ -2,7 +2,7 @@
 
     model.fit(x, y, callbacks=[tbweights.keras.WeightsCallback("runs/mlp")])
 
-Step 0 holds the initial weights (logged at `on_train_begin`). Later steps
+Step 0 contains the initial weights (logged at `on_train_begin`). Later steps
 are counted in epochs (`every_n_epochs`) or in batches (`every_n_batches`),
 so step N means "after N epochs" or "after N batches" respectively.
 """

@@ -95,7 +95,7 @@ class H5Source:
 
 
 def as_numpy(value: Any, attrs: Any) -> np.ndarray:
-    """A dataset's value with the dtype Keras meant.
+    """Convert a dataset's value to the dtype Keras meant.
 
     Keras 3 stores bfloat16 as 2-byte opaque data and names the type in the
     dataset's `dtype` attribute.
@@ -122,7 +122,7 @@ def dataset_dtype(dataset: Any) -> str:
 
 
 def string_list_attribute(group: Any, name: str) -> list[str] | None:
-    """A list-of-strings attribute, decoded, as Keras 2 writes them, or None if absent.
+    """Decode a list-of-strings attribute as Keras 2 writes them; return None if it is absent.
 
     Keras 2 splits an attribute larger than HDF5's 64 KiB attribute limit into
     `name0`, `name1`, ...; those chunks are joined here.

@@ -45,7 +45,7 @@ def _sniff(path: Path, head: bytes) -> bool:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """The archive's model config, parsed as plain JSON."""
+    """Parse the archive's model config as plain JSON."""
     try:
         with zipfile.ZipFile(path) as archive:
             info = archive.getinfo(CONFIG_MEMBER)

@@ -12,7 +12,7 @@ Functional model adds no name part of its own, while Sequential and
 subclassed models add theirs, because Keras builds their layers inside their
 name scope. Variable names come from `keras_names` when the layer's class is
 known (from the `.keras` config, or from the saving path); otherwise the
-position is kept (`encoder/vars/0`) and `NamedTensor.note` says so.
+position is kept (`encoder/vars/0`) and `NamedTensor.note` explains why.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def _sniff(path: Path, head: bytes) -> bool:
     if not head.startswith(HDF5_MAGIC):
         return False
     if not h5py_available():
-        return True  # `_read` then says which extra to install
+        return True  # `_read` then raises an error naming the extra to install
     with H5Source(path) as source:
         return looks_like_keras3(source.file)
 

@@ -85,7 +85,7 @@ def _prefix_from_state_file(directory: Path) -> Path:
 
 
 def resolve_prefix(path: Path) -> Path:
-    """The checkpoint prefix that `path` stands for; raise `CheckpointError` if none."""
+    """Return the checkpoint prefix that `path` names, or raise `CheckpointError` if there is none."""
     if path.is_dir():
         saved_model = _saved_model_prefix(path)
         if saved_model is not None:
@@ -153,8 +153,8 @@ def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
     bundle = TensorBundle(prefix)
     missing = bundle.missing_data_files()
     if missing:
-        names = ", ".join(p.name for p in missing)
-        raise CheckpointError(prefix, f"data file(s) missing: {names}; copy every .data-* file of the checkpoint")
+        missing_names = ", ".join(p.name for p in missing)
+        raise CheckpointError(prefix, f"data file(s) missing: {missing_names}; copy every .data-* file of the checkpoint")
     names = _entry_names(bundle)
     for key, entry in bundle.entries.items():
         if entry.dtype_name == "DT_STRING" or key == GRAPH_KEY:

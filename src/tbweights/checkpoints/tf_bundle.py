@@ -109,7 +109,7 @@ _BIG_ENDIAN = 1
 
 @dataclass(frozen=True)
 class BundleEntry:
-    """Where one tensor's bytes are, as the index describes them."""
+    """Location, dtype and shape of one tensor's bytes, as the index describes them."""
 
     key: str
     dtype_name: str
@@ -186,7 +186,7 @@ class TensorBundle:
         return [path for path in map(self.data_path, range(self.num_shards)) if not path.is_file()]
 
     def read_bytes(self, entry: BundleEntry) -> bytes:
-        """The raw bytes of one entry, checked against the index's CRC-32C when possible."""
+        """Read the raw bytes of one entry and check them against the index's CRC-32C when possible."""
         path = self.data_path(entry.shard_id)
         try:
             with path.open("rb") as file:
@@ -243,7 +243,7 @@ class TensorBundle:
 
 
 def unpack_string_scalar(raw: bytes) -> bytes:
-    """The value of a scalar DT_STRING entry (the object graph).
+    """Decode the value of a scalar DT_STRING entry (the object graph).
 
     A string tensor is stored as the varint64 length of each element, then a
     4-byte checksum of those lengths, then the bytes of the elements.

@@ -39,7 +39,7 @@ _LEGACY_OPTIMIZER_CHILDREN = ("iter", "learning_rate")
 
 @dataclass(frozen=True)
 class EntryName:
-    """How one checkpoint key is presented: its name, role and other names."""
+    """Presentation of one checkpoint key: its name, role and other names."""
 
     name: str
     role: Role
@@ -64,7 +64,7 @@ def _is_optimizer(node: trackable_object_graph_pb2.TrackableObjectGraph.Trackabl
 def _paths(
     graph: trackable_object_graph_pb2.TrackableObjectGraph, blocked: set[int]
 ) -> dict[int, tuple[str, ...]]:
-    """The first breadth-first path from the root to each node, not entering `blocked` nodes."""
+    """Find the first breadth-first path from the root to each node, not entering `blocked` nodes."""
     paths: dict[int, tuple[str, ...]] = {0: ()}
     queue = deque([0])
     while queue:
@@ -134,8 +134,8 @@ _TF1_BOOKKEEPING = frozenset({"global_step", "beta1_power", "beta2_power"})
 
 def name_without_graph(key: str, ndim: int) -> EntryName:
     """Name a key of a name-based (TF1 `Saver`) checkpoint, which has no object graph."""
-    # NOTE: the optimizer detection here only knows the slot names of the
-    # built-in TF1 optimizers listed above.
+    # NOTE: the optimizer detection here recognises only the slot names of
+    # the built-in TF1 optimizers listed above.
     if key in _TF1_BOOKKEEPING:
         return EntryName(key, Role.OTHER, bookkeeping=True)
     if key.endswith(_TF1_SLOT_SUFFIXES):

@@ -9,8 +9,8 @@ Layout (LevelDB `table_format.md`, as written by TensorFlow 2.x):
 - The file ends with a 48-byte footer: two block handles (metaindex, index),
   zero padding up to 40 bytes, then the magic number 0xdb4775248b80fb57 as
   a little-endian uint64. A block handle is two varint64s: offset and size.
-- Each block is followed by a 5-byte trailer: one compression-type byte (0 is
-  none, 1 is snappy) and the masked CRC-32C of the block and that type byte.
+- Each block is followed by a 5-byte trailer: one compression-type byte (0 for
+  uncompressed, 1 for snappy) and the masked CRC-32C of the block and that type byte.
 - A block holds entries, then an array of uint32 restart offsets, then their
   count. An entry is three varint32s (shared key bytes, unshared key bytes,
   value length), the unshared key suffix and the value. Keys are
@@ -82,7 +82,7 @@ def crc32c_function() -> Callable[[bytes], int] | None:
 class IndexTable:
     """All (key, value) pairs of one `.index` file, read eagerly.
 
-    An index holds one small entry per tensor (well under 100 bytes each), so
+    An index contains one small entry per tensor (well under 100 bytes each), so
     reading it whole costs little even for checkpoints with many thousands of
     tensors. The tensor data itself lives in the separate `.data-*` files.
     """

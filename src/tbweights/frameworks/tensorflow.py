@@ -55,7 +55,7 @@ def tensor_record(name: str, value: tf.Variable | tf.Tensor, role: Role | None =
 
 
 def _module_variables(module: tf.Module) -> list[tuple[str, tf.Variable]]:
-    """Each variable once, with its attribute path in the module."""
+    """List each variable once, with its attribute path in the module."""
     found: dict[Any, tuple[str, tf.Variable]] = {}
     for path, variable in module._flatten(predicate=lambda v: isinstance(v, tf.Variable), with_path=True):
         key = variable.ref()
