@@ -55,7 +55,7 @@ def test_convert_options(checkpoints, tmp_path, read_run) -> None:
 
 
 def test_convert_goes_on_after_a_bad_file(checkpoints, tmp_path, read_run) -> None:
-    missing = tmp_path / "missing.pt"
+    missing = tmp_path / "checkpoint-50.pt"
     result = tbweights("convert", str(missing), *map(str, checkpoints), "--logdir", str(tmp_path / "run"))
     assert result.returncode == 1
     assert f"error: {missing}: no such file or directory" in result.stderr
@@ -102,3 +102,54 @@ def test_demo_writes_initial_mlp(tmp_path, read_run) -> None:
     run = read_run(tmp_path / "demo")
     assert run.value("fc1/weight")[:, 2].sum() == 784 * 128
     assert run.steps("fc2/bias") == [0]
+
+
+def test_convert_sorts_by_step(tmp_path, read_run) -> None:
+    paths = []
+    for step in (1000, 500):
+        path = tmp_path / f"model-step{step}.safetensors"
+        save_file({"w": np.full(4, step, np.float32)}, str(path))
+        paths.append(str(path))
+    result = tbweights("convert", *paths, "--logdir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.index("step 500:") < result.stdout.index("step 1000:")
+    assert read_run(tmp_path / "run").steps("w") == [500, 1000]
+
+
+def test_convert_duplicate_steps_use_positions(tmp_path, read_run) -> None:
+    paths = []
+    for name in ("a_step10", "b_step10"):
+        path = tmp_path / f"{name}.safetensors"
+        save_file({"w": np.ones(4, np.float32)}, str(path))
+        paths.append(str(path))
+    result = tbweights("convert", *paths, "--logdir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert "several checkpoints named with step 10" in result.stderr
+    assert read_run(tmp_path / "run").steps("w") == [0, 1]
+
+
+def test_convert_expands_quoted_glob(checkpoints, tmp_path, read_run) -> None:
+    pattern = str(tmp_path / "checkpoint-*" / "model.safetensors")
+    result = tbweights("convert", pattern, "--logdir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert read_run(tmp_path / "run").steps("fc1/weight") == [100, 200]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--step", "abc"], "argument --step: invalid integer: 'abc'"),
+        (["--step", str(2**63)], "argument --step: must be between 0 and"),
+        (["--buckets", "0"], "argument --buckets: must be between 1 and 10000, got 0"),
+    ],
+)
+def test_convert_rejects_bad_numbers(checkpoints, tmp_path, args, message) -> None:
+    result = tbweights("convert", str(checkpoints[0]), "--logdir", str(tmp_path / "run"), *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_show_into_closed_pipe(checkpoints) -> None:
+    command = f"{sys.executable} -m tbweights show {checkpoints[0]} | head -c 10"
+    result = subprocess.run(command, shell=True, capture_output=True, text=True)
+    assert "Traceback" not in result.stderr

@@ -173,7 +173,7 @@ def test_unsupported_model_type(tmp_path) -> None:
 
 
 def test_invalid_options_fail_before_writing(tmp_path) -> None:
-    with pytest.raises(ValueError, match="buckets must be at least 1"):
+    with pytest.raises(ValueError, match="buckets must be between 1 and"):
         WeightWriter(tmp_path / "x", buckets=0)
     assert not (tmp_path / "x").exists()
 
@@ -187,3 +187,22 @@ class _NullSink:
 
     def close(self) -> None:
         pass
+
+
+def test_pattern_string_is_one_pattern(logdir) -> None:
+    report = log_weights({"fc.weight": np.ones(2), "other": np.ones(2), "cat": np.ones(2)}, logdir, include="fc*")
+    assert [r.tensor.name for r in report.results] == ["fc.weight"]
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"first": 1.5}, TypeError, "first must be an int, got 1.5"),
+        ({"buckets": "3"}, TypeError, "buckets must be an int"),
+        ({"buckets": 10**7}, ValueError, "buckets must be between 1 and 10000"),
+        ({"first": -1}, ValueError, "first must be 0 or more"),
+    ],
+)
+def test_invalid_option_values(tmp_path, options, error, message) -> None:
+    with pytest.raises(error, match=message):
+        WeightWriter(tmp_path / "run", **options)

@@ -8,16 +8,20 @@ stdout; progress, warnings and errors to stderr. A known error prints one
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from tbweights import __version__
 from tbweights.checkpoints import LoadOptions
 from tbweights.cli_output import Output, print_show_table
-from tbweights.convert import convert, describe
+from tbweights.convert import MAX_STEP, convert, describe
 from tbweights.errors import TbweightsError
 from tbweights.stats import DEFAULT_BUCKETS, DEFAULT_FIRST
+from tbweights.writer import MAX_BUCKETS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -37,18 +41,31 @@ examples:
 """
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+def _integer(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _integer(text, 1, MAX_BUCKETS)
 
 
 def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return _integer(text, 0, MAX_STEP)
+
+
+def expand_globs(patterns: Sequence[str]) -> list[str]:
+    """Expand glob patterns that the shell left alone (quoted, or on Windows)."""
+    paths: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) and not os.path.exists(pattern) else []
+        paths.extend(matches or [pattern])
+    return paths
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -146,9 +163,10 @@ def _load_options(args: argparse.Namespace) -> LoadOptions:
 
 
 def run_convert(args: argparse.Namespace, out: Output) -> int:
+    checkpoints = expand_globs(args.checkpoints)
     with out.progress() as progress:
         report = convert(
-            args.checkpoints,
+            checkpoints,
             args.logdir,
             start_step=args.step,
             load_options=_load_options(args),
@@ -159,21 +177,28 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
             on_checkpoint=progress.start_checkpoint,
             on_tensor=progress.advance,
         )
+    if report.step_warning:
+        out.warn(report.step_warning)
+    skipped_tensors = 0
     for path, step_report in report.steps:
         out.result(f"step {step_report.step}: {len(step_report.results)} tensors from {path}")
+        if not step_report.results and not step_report.skipped:
+            out.warn(f"no tensor in {path} matched the --include/--exclude patterns")
         for skipped in step_report.skipped:
             out.warn(f"skipped tensor {skipped.name!r} in {path}: {skipped.reason}")
+        skipped_tensors += len(step_report.skipped)
     for failed in report.failed:
+        if args.debug and failed.error is not None:
+            out.debug("".join(traceback.format_exception(failed.error)))
         out.error(failed.reason)
-    out.result(f"wrote {len(report.steps)} step(s) to {report.event_file}")
     if report.steps:
+        out.result(f"wrote {len(report.steps)} step(s) to {report.event_file}")
         out.result(f"open it with: tensorboard --logdir {report.logdir}")
     if report.failed:
-        out.error(
-            f"{len(report.failed)} of {len(args.checkpoints)} checkpoint(s) skipped; see the errors above"
-        )
-        return EXIT_ERROR
-    return 0
+        out.error(f"{len(report.failed)} of {len(checkpoints)} checkpoint(s) skipped; see the errors above")
+    if skipped_tensors:
+        out.error(f"{skipped_tensors} tensor(s) skipped; see the warnings above")
+    return EXIT_ERROR if report.failed or skipped_tensors else 0
 
 
 def run_show(args: argparse.Namespace, out: Output) -> int:
@@ -202,8 +227,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output(quiet=args.quiet)
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="warning: %(message)s")
+    # The CLI reports skipped tensors itself, with the file's name.
+    logging.getLogger("tbweights.writer").setLevel(logging.ERROR)
     try:
         return _COMMANDS[args.command](args, out)
+    except BrokenPipeError:
+        # The reader of stdout went away (`tbweights show x | head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
     except TbweightsError as error:
         if args.debug:
             raise

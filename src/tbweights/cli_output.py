@@ -44,6 +44,9 @@ class Output:
         if not self.quiet:
             print(f"warning: {line}", file=sys.stderr)
 
+    def debug(self, text: str) -> None:
+        print(text, file=sys.stderr, end="")
+
     def error(self, line: str) -> None:
         print(f"error: {line}", file=sys.stderr)
 

@@ -23,6 +23,10 @@ from tbweights.tensors import NamedTensor
 
 logger = logging.getLogger(__name__)
 
+# Each bucket costs 24 bytes per tensor and step on disk, and TensorBoard's UI
+# re-bins every histogram to 30 buckets, so more than this only bloats the file.
+MAX_BUCKETS = 10_000
+
 # Errors that stop one tensor but not the step: the tensor is reported as skipped.
 _TENSOR_ERRORS = (TbweightsError, TypeError, ValueError, RuntimeError, OSError, MemoryError)
 
@@ -46,10 +50,14 @@ class SummaryOptions:
     include_buffers: bool = False
 
     def __post_init__(self) -> None:
+        for option in ("first", "buckets"):
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{option} must be an int, got {value!r}")
         if self.first < 0:
             raise ValueError(f"first must be 0 or more, got {self.first}")
-        if self.buckets < 1:
-            raise ValueError(f"buckets must be at least 1, got {self.buckets}")
+        if not 1 <= self.buckets <= MAX_BUCKETS:
+            raise ValueError(f"buckets must be between 1 and {MAX_BUCKETS}, got {self.buckets}")
 
     def selects(self, name: str) -> bool:
         """Glob patterns (`fnmatch`) on the original name; exclude wins over include."""
@@ -81,6 +89,11 @@ class StepReport:
     skipped: list[Skipped] = field(default_factory=list)
 
 
+def _patterns(patterns: str | Sequence[str]) -> tuple[str, ...]:
+    """Take one pattern string as one pattern, not as a sequence of characters."""
+    return (patterns,) if isinstance(patterns, str) else tuple(patterns)
+
+
 class WeightWriter:
     """Writes weight summaries to one TensorBoard run, at as many steps as you like.
 
@@ -94,8 +107,8 @@ class WeightWriter:
         *,
         first: int = DEFAULT_FIRST,
         buckets: int = DEFAULT_BUCKETS,
-        include: Sequence[str] = (),
-        exclude: Sequence[str] = (),
+        include: str | Sequence[str] = (),
+        exclude: str | Sequence[str] = (),
         include_buffers: bool = False,
         sink: SummarySink | None = None,
         filename_suffix: str = "",
@@ -103,8 +116,8 @@ class WeightWriter:
         self.options = SummaryOptions(
             first=first,
             buckets=buckets,
-            include=tuple(include),
-            exclude=tuple(exclude),
+            include=_patterns(include),
+            exclude=_patterns(exclude),
             include_buffers=include_buffers,
         )
         if (logdir is None) == (sink is None):
