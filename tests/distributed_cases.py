@@ -124,3 +124,17 @@ SHARDERS = {
     "fsdp1_orig": lambda model, world: _fsdp1(model, world, True),
     "fsdp1_flat": lambda model, world: _fsdp1(model, world, False),
 }
+
+
+def save_sharded_checkpoint(rank: int, world: int, port: int, outdir: str) -> None:
+    """Entry point for `torch.multiprocessing.spawn`: an FSDP2 model saved with `dcp.save` from every rank."""
+    import torch.distributed.checkpoint as dcp
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = _fsdp2(build_model(), world)
+        dcp.save({"model": model.state_dict()}, checkpoint_id=outdir)
+    finally:
+        dist.destroy_process_group()

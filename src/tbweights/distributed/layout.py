@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tbweights.frameworks.torch import dtype_name
+from tbweights.frameworks.torch import dtype_name, is_dtensor
 from tbweights.tensors import NamedTensor, Role, guess_role
 
 # Module names that FSDP1 and activation checkpointing insert between a parameter's
@@ -79,11 +79,6 @@ def _sharded_record(name: str, shape: tuple[int, ...], dtype: torch.dtype, role:
         role=role or guess_role(name, len(shape)),
         aliases=aliases,
     )
-
-
-def is_dtensor(value: Any) -> bool:
-    module = sys.modules.get("torch.distributed.tensor")
-    return module is not None and isinstance(value, module.DTensor)
 
 
 # --- DTensor -----------------------------------------------------------------
