@@ -84,7 +84,11 @@ def _fsdp2(model: Net, world: int) -> nn.Module:
 def _tensor_parallel(model: Net, world: int) -> nn.Module:
     """Colwise fc1 and embedding (Shard(0) and Shard(1)), rowwise fc2 and wide (Shard(1), Replicate bias)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
 
     mesh = init_device_mesh("cpu", (world,))
     plan = {"embed": ColwiseParallel(), "fc1": ColwiseParallel(), "fc2": RowwiseParallel(), "wide": RowwiseParallel()}
@@ -95,7 +99,11 @@ def _fsdp2_over_tensor_parallel(model: Net, world: int) -> nn.Module:
     """2-D: tensor parallel inside pairs of ranks, FSDP2 across them (_StridedShard placements)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
 
     mesh = init_device_mesh("cpu", (world // 2, 2), mesh_dim_names=("dp", "tp"))
     plan = {"embed": ColwiseParallel(), "fc1": ColwiseParallel(), "fc2": RowwiseParallel(), "wide": ColwiseParallel()}

@@ -25,13 +25,13 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available():
     pytest.skip("torch was built without torch.distributed", allow_module_level=True)
 
-from tbweights import compute_stats, log_weights  # noqa: E402
-from tbweights.distributed import DistributedWeightWriter, log_weights_distributed  # noqa: E402
-from tbweights.tags import OVERVIEW_TAG, clean_tag  # noqa: E402
+from tbweights import compute_stats, log_weights
+from tbweights.distributed import DistributedWeightWriter, log_weights_distributed
+from tbweights.tags import OVERVIEW_TAG, clean_tag
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-import distributed_cases  # noqa: E402
+import distributed_cases
 
 
 def _free_port() -> int:

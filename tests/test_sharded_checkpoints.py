@@ -23,15 +23,15 @@ torch = pytest.importorskip("torch")
 dcp = pytest.importorskip("torch.distributed.checkpoint")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-from tbweights import CheckpointError, compute_stats  # noqa: E402
-from tbweights.checkpoints import LoadOptions, detect, read_checkpoint  # noqa: E402
-from tbweights.cli import main as cli_main  # noqa: E402
-from tbweights.convert import convert, describe  # noqa: E402
-from tbweights.tags import clean_tag  # noqa: E402
-from tbweights.tensors import Role  # noqa: E402
+from tbweights import CheckpointError, compute_stats
+from tbweights.checkpoints import LoadOptions, detect, read_checkpoint
+from tbweights.cli import main as cli_main
+from tbweights.convert import convert, describe
+from tbweights.tags import clean_tag
+from tbweights.tensors import Role
 
 sys.path.insert(0, str(Path(__file__).parent))
-import distributed_cases  # noqa: E402
+import distributed_cases
 
 
 def _weights() -> dict[str, Any]:

@@ -29,7 +29,13 @@ from tbweights.distributed.collective import sharded_stats
 from tbweights.distributed.layout import local_parts
 from tbweights.stats import DEFAULT_BUCKETS, DEFAULT_FIRST, TensorStats
 from tbweights.tensors import NamedTensor
-from tbweights.writer import Skipped, StepReport, SummaryOptions, SummarySink, WeightWriter
+from tbweights.writer import (
+    Skipped,
+    StepReport,
+    SummaryOptions,
+    SummarySink,
+    WeightWriter,
+)
 
 __all__ = ["DistributedWeightWriter", "log_weights_distributed"]
 

@@ -2,9 +2,9 @@
 
 Each rank scans only its own shards, in the same two passes as `compute_stats`:
 
-1. `scan_moments` on every local part, then one SUM all-reduce (counts, sum,
-   failure flags), one MIN all-reduce (min and -max) and one SUM all-reduce of
-   the first values' bits, which the three run concurrently.
+1. `scan_moments` on every local part, then four concurrent all-reduces: SUM of
+   counts, sums and failure flags, MIN of (min, -max), SUM of the first values'
+   bit patterns and SUM of flags that mark which rank contains each first value.
 2. `scan_buckets` on every local part over the global [min, max] and around the
    global mean, then one SUM all-reduce of bucket counts and squared deviations.
 
@@ -12,9 +12,9 @@ The squared deviations are summed around the global mean, which pass 1 already
 fixed, so their sum is exact without a parallel-variance formula. Bucket indices
 depend only on each value and the global min and max, so the counts match a
 single-process `compute_stats` on the full tensor exactly; the sum and the
-squared deviations match it up to float rounding. The number of collectives per
-step is four whatever the number of tensors, plus one object gather when some
-tensor failed.
+squared deviations match it up to float rounding. A step costs five
+all-reduces in two rounds whatever the number of tensors, plus one object
+gather when some tensor failed.
 """
 
 from __future__ import annotations
@@ -180,14 +180,14 @@ def sharded_stats(
             results.append(failures[row])
             continue
         counts = BucketCounts(second[row, :buckets].astype(np.int64), float(second[row, buckets]))
-        shown = min(first, part.tensor.size)
-        values = _decode_first(first_pass.first_bits[row, :shown], _first_dtype(part.tensor.dtype))
+        first_count = min(first, part.tensor.size)
+        values = _decode_first(first_pass.first_bits[row, :first_count], _first_dtype(part.tensor.dtype))
         results.append(finish(moments[row], counts, values, buckets))
     return results
 
 
 def _first_dtype(name: str) -> np.dtype:
-    """The NumPy dtype that decodes first values of a torch dtype, the same on every rank."""
+    """Return the NumPy dtype that decodes first values of a torch dtype, the same on every rank."""
     if name == "bool":
         return np.dtype(np.bool_)
     if name.startswith("uint"):
@@ -213,8 +213,8 @@ def _failures(
                 "the ranks disagree on the layout or a replica was counted twice"
             )
             continue
-        held = first_pass.first_held[row, : min(first, part.tensor.size)]
-        if np.any(held != 1):
+        holders = first_pass.first_held[row, : min(first, part.tensor.size)]
+        if np.any(holders != 1):
             failures[row] = "the first values are not held by exactly one rank each; the ranks disagree on the layout"
     if any(reason == "" for reason in failures.values()):
         gathered: list[dict[int, str] | None] = [None] * dist.get_world_size(group)

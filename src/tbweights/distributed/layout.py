@@ -94,7 +94,10 @@ def _dim_indices(
     (`_StridedShard`, which FSDP2 uses on top of tensor parallelism).
     """
     from torch.distributed.tensor import Shard
-    from torch.distributed.tensor.placement_types import _StridedShard
+    from torch.distributed.tensor.placement_types import (
+        _StridedShard,
+        _StridedShardOffsetMode,
+    )
 
     indices = [np.arange(size, dtype=np.int64) for size in global_shape]
     for mesh_dim, placement in enumerate(placements):
@@ -104,8 +107,8 @@ def _dim_indices(
         current = indices[dim]
         chunks, rank = mesh.size(mesh_dim), coordinate[mesh_dim]
         if isinstance(placement, _StridedShard):
-            # offset_mode=1 (ALL) returns every local index, not just the first.
-            _, offsets = placement.local_shard_size_and_offset(current.size, chunks, rank, 1)
+            # ALL returns every local index, not just the first.
+            _, offsets = placement.local_shard_size_and_offset(current.size, chunks, rank, _StridedShardOffsetMode.ALL)
             indices[dim] = current[np.asarray(offsets, dtype=np.int64)]
         else:
             size, start = Shard.local_shard_size_and_offset(current.size, chunks, rank)
