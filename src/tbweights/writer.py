@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -164,9 +165,7 @@ class WeightWriter:
 
     def _summarize(self, tensor: NamedTensor, report: StepReport) -> TensorResult | None:
         try:
-            stats = compute_stats(
-                tensor.load(), buckets=self.options.buckets, first=self.options.first
-            )
+            stats = compute_stats(tensor.load(), buckets=self.options.buckets, first=self.options.first)
         except _TENSOR_ERRORS as error:
             reason = str(error) or type(error).__name__
             logger.warning("skipped tensor %r (%s, %s): %s", tensor.name, tensor.dtype, tensor.shape, reason)
@@ -178,9 +177,7 @@ class WeightWriter:
     def _write_tensor(self, step: int, result: TensorResult) -> None:
         values = [
             summaries.histogram_value(result.histogram_tag, result.stats.histogram),
-            summaries.text_value(
-                result.text_tag, summaries.tensor_markdown(result.tensor, result.stats)
-            ),
+            summaries.text_value(result.text_tag, summaries.tensor_markdown(result.tensor, result.stats)),
         ]
         self._sink.write_summary(step, values)
 
@@ -214,5 +211,9 @@ def log_weights(model: Any, logdir: str | os.PathLike[str], step: int = 0, **opt
     Options are those of `WeightWriter`: `first`, `buckets`, `include`, `exclude`,
     `include_buffers`.
     """
+    walk = WalkOptions(include_buffers=bool(options.get("include_buffers", False)))
+    tensors = named_tensors(model, walk)
+    first = next(tensors, None)  # an unsupported model raises here, before a file exists
     with WeightWriter(logdir, **options) as writer:
-        return writer.log(model, step)
+        head = [] if first is None else [first]
+        return writer.log_tensors(itertools.chain(head, tensors), step)
