@@ -49,6 +49,7 @@ _SUM_WIDTH = 7
 
 def _buffer_device(group: Any) -> torch.device:
     """NCCL reduces CUDA tensors only; every other backend here takes CPU tensors."""
+    # NOTE: only gloo on the CPU is tested; the NCCL branch has not run on a GPU yet.
     backend = str(dist.get_backend(group))
     if "nccl" in backend and "gloo" not in backend:
         return torch.device("cuda", torch.cuda.current_device())
