@@ -156,6 +156,26 @@ class WeightWriter:
         self._sink.flush()
         return report
 
+    def log_stats(
+        self,
+        computed: Iterable[tuple[NamedTensor, TensorStats]],
+        step: int = 0,
+        skipped: Iterable[Skipped] = (),
+    ) -> StepReport:
+        """Write statistics computed elsewhere (for example across processes) at `step`.
+
+        Include and exclude patterns are not applied here: the caller selected the tensors.
+        """
+        report = StepReport(step=step, skipped=list(skipped))
+        for tensor, stats in computed:
+            histogram_tag, text_tag = self._tags.tags(tensor.name)
+            result = TensorResult(tensor, stats, histogram_tag, text_tag)
+            self._write_tensor(step, result)
+            report.results.append(result)
+        self._write_overview(report)
+        self._sink.flush()
+        return report
+
     def _summarize(self, tensor: NamedTensor, report: StepReport) -> TensorResult | None:
         try:
             stats = compute_stats(tensor.load(), buckets=self.options.buckets, first=self.options.first)

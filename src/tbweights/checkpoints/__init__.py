@@ -47,7 +47,10 @@ class Format:
 
 
 # Modules that define a module-level `FORMAT`; the order is the order of sniffing.
+# Directory formats come first: the `.metadata` file of a distributed checkpoint is a pickle.
 _FORMAT_MODULES: tuple[str, ...] = (
+    "tbweights.checkpoints.sharded",
+    "tbweights.checkpoints.dcp",
     "tbweights.checkpoints.safetensors",
     "tbweights.checkpoints.keras_archive",
     "tbweights.checkpoints.keras_weights",
