@@ -12,7 +12,7 @@ from tbweights.checkpoints import LoadOptions, read_checkpoint
 from tbweights.errors import TbweightsError
 from tbweights.stats import TensorStats, compute_stats
 from tbweights.tensors import NamedTensor
-from tbweights.writer import StepReport, WeightWriter, _TENSOR_ERRORS
+from tbweights.writer import _TENSOR_ERRORS, StepReport, WeightWriter, failure_reason
 
 # `step-500`, `global_step=500`, `iter_500`, `checkpoint-500`, `ckpt-3`, `epoch=4`.
 _STEP_WORD = re.compile(r"(?:global_step|step|steps|iter|iteration|checkpoint|ckpt|epoch)[-_=]?(\d+)", re.I)
@@ -110,4 +110,4 @@ def describe(
         try:
             yield tensor, compute_stats(tensor.load(), buckets=buckets, first=first)
         except _TENSOR_ERRORS as error:
-            yield tensor, str(error) or type(error).__name__
+            yield tensor, failure_reason(error)

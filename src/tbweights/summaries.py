@@ -24,6 +24,7 @@ _HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(
 _TEXT_METADATA = text_metadata.create_summary_metadata(display_name=None, description=None)
 _SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name=None, description=None)
 
+COMPLEX_NOTE = "mean, std, min, max, zeros and the histogram are of the magnitude abs(z)"
 OVERVIEW_COLUMNS = ("name", "shape", "dtype", "count", "mean", "std", "min", "max", "first values")
 
 
@@ -43,7 +44,7 @@ def scalar_value(tag: str, value: float) -> summary_pb2.Summary.Value:
     return summary_pb2.Summary.Value(tag=tag, metadata=_SCALAR_METADATA, tensor=tensor)
 
 
-def fmt(value: float | int | bool | None) -> str:
+def fmt(value: float | int | bool | complex | None) -> str:
     """Numbers as people read them: 6 significant digits, integers in full."""
     if value is None:
         return "n/a"
@@ -51,6 +52,8 @@ def fmt(value: float | int | bool | None) -> str:
         return str(value)
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, complex):
+        return f"{value.real:.6g}{value.imag:+.6g}j"
     return f"{value:.6g}"
 
 
@@ -58,13 +61,15 @@ def fmt_shape(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
 
 
-def fmt_first(values: Sequence[float | int | bool]) -> str:
+def fmt_first(values: Sequence[float | int | bool | complex]) -> str:
     return ", ".join(fmt(v) for v in values)
 
 
 def _escape(text: str) -> str:
     """Keep a raw name from being read as Markdown or HTML."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'").replace("<", "&lt;")
+    escaped = text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'").replace("<", "&lt;")
+    # A line break would end the table row; show it as the two characters `\n`.
+    return escaped.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def tensor_markdown(tensor: NamedTensor, stats: TensorStats) -> str:
@@ -85,6 +90,8 @@ def tensor_markdown(tensor: NamedTensor, stats: TensorStats) -> str:
         ("-Inf", fmt(stats.neginf)),
         (f"first {len(stats.first)} (row-major)", fmt_first(stats.first)),
     ]
+    if tensor.dtype.startswith("complex"):
+        rows.append(("note", COMPLEX_NOTE))
     if tensor.aliases:
         rows.append(("also named", ", ".join(f"`{_escape(a)}`" for a in tensor.aliases)))
     if tensor.note:
