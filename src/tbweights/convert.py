@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tbweights.checkpoints import LoadOptions, read_checkpoint
 from tbweights.errors import TbweightsError
+from tbweights.events import EventFileError
 from tbweights.stats import TensorStats, compute_stats
 from tbweights.tensors import NamedTensor
 from tbweights.writer import _TENSOR_ERRORS, StepReport, WeightWriter, failure_reason
@@ -80,6 +81,8 @@ def convert(
     """Write each checkpoint as one step of a single run in `logdir`.
 
     A checkpoint that cannot be read is recorded in `failed`; the others go on.
+    An `EventFileError` (disk full, unwritable logdir) stops the conversion; the
+    event file then holds every record written before it.
     """
     report = ConvertReport(logdir=os.fspath(logdir))
     steps = plan_steps(paths, start_step)
@@ -90,6 +93,8 @@ def convert(
                 on_checkpoint(os.fspath(path), step)
             try:
                 step_report = writer.log_tensors(read_checkpoint(path, load_options), step, on_tensor)
+            except EventFileError:
+                raise  # the output is broken: no later checkpoint can be written either
             except TbweightsError as error:
                 report.failed.append(FailedCheckpoint(os.fspath(path), str(error)))
                 continue
