@@ -239,7 +239,10 @@ def finish(
 ) -> TensorStats:
     """Assemble the final statistics from (possibly merged) partial results."""
     has_finite = moments.finite > 0
-    mean = moments.total / moments.finite if has_finite else None
+    mean = None
+    if has_finite:
+        # Rounding in the sum can put the mean a hair outside [min, max] (constant data).
+        mean = min(max(moments.total / moments.finite, moments.min), moments.max)
     std = math.sqrt(counts.squared_deviations / moments.finite) if has_finite else None
     return TensorStats(
         count=moments.count,
@@ -274,7 +277,7 @@ def compute_stats(
     # Overflow and underflow are detected below and redone on scaled values.
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         moments = scan_moments(flat, chunk)
-        if not stats_scaled.out_of_range(moments, buckets):
+        if not stats_scaled.out_of_range(moments):
             counts = scan_buckets(flat, moments, buckets, chunk)
             if math.isfinite(counts.squared_deviations):
                 return finish(moments, counts, head, buckets)

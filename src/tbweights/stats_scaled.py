@@ -3,7 +3,8 @@
 Float64 data near its limits overflows the kernel's arithmetic: `max - min`
 (1.7e308 - -1.7e308), the sum behind the mean and the squared deviations
 behind the standard deviation all become inf. Subnormal data underflows the
-other way: a bucket width of `(max - min) / k` can round to zero. In both cases
+other way: squared deviations become subnormal or zero, and a bucket width of
+`(max - min) / k` can round to zero. In both cases
 the kernel is run again on the values multiplied by a power of two that brings
 the largest magnitude near 1. Multiplying by a power of two is exact (apart
 from values that become subnormal, which are negligible against the largest),
@@ -14,7 +15,6 @@ zeros, NaN and Inf come from the unscaled first pass.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -31,8 +31,14 @@ from tbweights.stats import (
 )
 
 
-def out_of_range(moments: Moments, buckets: int) -> bool:
-    """Whether the first pass's sum, range or bucket width over- or underflowed."""
+# Below this range the squared deviations (about span**2) lose precision to
+# subnormals and the bucket width can round to zero.
+TINY_SPAN = 2.0**-500
+
+
+def out_of_range(moments: Moments) -> bool:
+    """Whether the first pass's sum or range over- or underflowed, or the second
+    pass's squared deviations would underflow."""
     if moments.finite == 0:
         return False
     if not math.isfinite(moments.total):
@@ -40,7 +46,7 @@ def out_of_range(moments: Moments, buckets: int) -> bool:
     span = moments.max - moments.min
     if span == 0:
         return False
-    return not math.isfinite(span) or span / buckets < sys.float_info.min
+    return not math.isfinite(span) or span < TINY_SPAN
 
 
 def _scaled_chunks(flat: np.ndarray, exponent: int, chunk: int) -> Iterator[np.ndarray]:
