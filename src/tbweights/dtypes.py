@@ -182,12 +182,13 @@ def _reject_valueless(torch: Any, tensor: Any, name: str) -> None:
 
 
 def _local_dtensor(tensor: Any, name: str) -> Any:
-    """The full value of a replicated `DTensor`; `TensorError` for a sharded one."""
+    """The full value of a replicated (or single-rank) `DTensor`; `TensorError` for a
+    sharded one."""
     distributed = sys.modules.get("torch.distributed.tensor")
     dtensor_type = getattr(distributed, "DTensor", None)
     if dtensor_type is None or not isinstance(tensor, dtensor_type):
         return tensor
-    if all(placement.is_replicate() for placement in tensor.placements):
+    if tensor.device_mesh.size() == 1 or all(p.is_replicate() for p in tensor.placements):
         return tensor.to_local()
     # Gathering a sharded DTensor (`full_tensor()`) is a collective that every rank
     # must join, so doing it here would hang a job that logs on one rank only.
