@@ -92,7 +92,6 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
 # then drops root so the file's permission bits apply.
 DROP_PRIVILEGES_AND_SHOW = """
 import os, sys
-import torch
 from tbweights import checkpoints, cli
 checkpoints.formats()
 if os.geteuid() == 0:

@@ -23,6 +23,12 @@ from tbweights.tensors import NamedTensor, Role
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTOCOL_2_PLUS = b"\x80"
 TRUST_FLAG = "--trust-checkpoint (Python: trust=True)"
+# Modules whose globals read files, run programs or evaluate code: a pickle that
+# names them gets no `add_safe_globals` suggestion.
+CODE_MODULES = frozenset(
+    {"builtins", "io", "os", "posix", "nt", "subprocess", "sys", "shutil", "runpy", "importlib",
+     "pickle", "marshal", "socket", "ctypes", "code", "codecs", "pty", "webbrowser", "types", "functools", "operator"}
+)
 
 
 def _zip_members(path: Path) -> list[str]:
@@ -90,6 +96,12 @@ def _unpickling_error(path: Path, error: Exception) -> CheckpointError:
     """Name what safe loading rejected, and how to allow it, from torch's message."""
     text = str(error)
     allowed = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if allowed and allowed.group(1).split(".", 1)[0] in CODE_MODULES:
+        return UnsafeCheckpointError(
+            path,
+            f"the file's pickle calls {allowed.group(1)}, which can run code, so safe loading "
+            f"(weights_only=True) rejects it; pass {TRUST_FLAG} only if you trust the file",
+        )
     if allowed:
         name = allowed.group(1)
         return UnsafeCheckpointError(
