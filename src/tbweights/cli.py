@@ -65,44 +65,90 @@ def _non_negative(text: str) -> int:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--first", type=_non_negative, default=DEFAULT_FIRST, metavar="N",
-                        help=f"number of first values to show per tensor, row-major (default {DEFAULT_FIRST})")
-    parser.add_argument("--include", action="append", default=[], metavar="PATTERN",
-                        help="only tensors whose name matches this glob pattern (repeatable)")
-    parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                        help="leave out tensors whose name matches this glob pattern (repeatable)")
-    parser.add_argument("--include-optimizer", action="store_true",
-                        help="also read optimizer and scheduler state from training checkpoints")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow loaders that can run code from the file (full pickles, "
-                        "TorchScript, NumPy object arrays); only for files you trust")
+    parser.add_argument(
+        "--first",
+        type=_non_negative,
+        default=DEFAULT_FIRST,
+        metavar="N",
+        help=f"number of first values to show per tensor, row-major (default {DEFAULT_FIRST})",
+    )
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only tensors whose name matches this glob pattern (repeatable)",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out tensors whose name matches this glob pattern (repeatable)",
+    )
+    parser.add_argument(
+        "--include-optimizer",
+        action="store_true",
+        help="also read optimizer and scheduler state from training checkpoints",
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow loaders that can run code from the file (full pickles, "
+        "TorchScript, NumPy object arrays); only for files you trust",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress or warnings on stderr")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tbweights", description="See neural-network weights in TensorBoard.")
+    parser = argparse.ArgumentParser(
+        prog="tbweights", description="See neural-network weights in TensorBoard."
+    )
     parser.add_argument("--version", action="version", version=f"tbweights {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    conv = commands.add_parser("convert", help="write checkpoints as steps of a TensorBoard run",
-                               description="Write the weights of checkpoint files to a TensorBoard log directory.",
-                               epilog=_CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    conv = commands.add_parser(
+        "convert",
+        help="write checkpoints as steps of a TensorBoard run",
+        description="Write the weights of checkpoint files to a TensorBoard log directory.",
+        epilog=_CONVERT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     conv.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files or folders")
     conv.add_argument("--logdir", required=True, metavar="DIR", help="TensorBoard log directory to write to")
-    conv.add_argument("--step", type=_non_negative, default=None, metavar="N", help="step of the first checkpoint (see 'steps' below)")
-    conv.add_argument("--buckets", type=_positive, default=DEFAULT_BUCKETS, metavar="K",
-                      help=f"histogram buckets per tensor (default {DEFAULT_BUCKETS}, as tf.summary.histogram)")
+    conv.add_argument(
+        "--step",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help="step of the first checkpoint (see 'steps' below)",
+    )
+    conv.add_argument(
+        "--buckets",
+        type=_positive,
+        default=DEFAULT_BUCKETS,
+        metavar="K",
+        help=f"histogram buckets per tensor (default {DEFAULT_BUCKETS}, as tf.summary.histogram)",
+    )
     _add_common(conv)
 
-    show = commands.add_parser("show", help="print each tensor's statistics and first values",
-                               description="Print one row per tensor: name, shape, dtype, statistics, first values.")
+    show = commands.add_parser(
+        "show",
+        help="print each tensor's statistics and first values",
+        description="Print one row per tensor: name, shape, dtype, statistics, first values.",
+    )
     show.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or folder")
     _add_common(show)
 
-    demo = commands.add_parser("demo", help="log a built-in 784-128-10 MLP at step 0",
-                               description="Write the initial weights of a built-in MLP, to try tbweights and TensorBoard.")
-    demo.add_argument("--logdir", default="runs/demo", metavar="DIR", help="log directory (default runs/demo)")
+    demo = commands.add_parser(
+        "demo",
+        help="log a built-in 784-128-10 MLP at step 0",
+        description="Write the initial weights of a built-in MLP, to try tbweights and TensorBoard.",
+    )
+    demo.add_argument(
+        "--logdir", default="runs/demo", metavar="DIR", help="log directory (default runs/demo)"
+    )
     demo.add_argument("--quiet", "-q", action="store_true", help=argparse.SUPPRESS)
     demo.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -115,9 +161,16 @@ def _load_options(args: argparse.Namespace) -> LoadOptions:
 def run_convert(args: argparse.Namespace, out: Output) -> int:
     with out.progress() as progress:
         report = convert(
-            args.checkpoints, args.logdir, start_step=args.step, load_options=_load_options(args),
-            first=args.first, buckets=args.buckets, include=args.include, exclude=args.exclude,
-            on_checkpoint=progress.start_checkpoint, on_tensor=progress.advance,
+            args.checkpoints,
+            args.logdir,
+            start_step=args.step,
+            load_options=_load_options(args),
+            first=args.first,
+            buckets=args.buckets,
+            include=args.include,
+            exclude=args.exclude,
+            on_checkpoint=progress.start_checkpoint,
+            on_tensor=progress.advance,
         )
     for path, step_report in report.steps:
         out.result(f"step {step_report.step}: {len(step_report.results)} tensors from {path}")
@@ -129,7 +182,9 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
     if report.steps:
         out.result(f"open it with: tensorboard --logdir {report.logdir}")
     if report.failed:
-        out.error(f"{len(report.failed)} of {len(args.checkpoints)} checkpoint(s) skipped; see the errors above")
+        out.error(
+            f"{len(report.failed)} of {len(args.checkpoints)} checkpoint(s) skipped; see the errors above"
+        )
         return EXIT_ERROR
     return 0
 

@@ -151,9 +151,7 @@ class WeightWriter:
 
     def _summarize(self, tensor: NamedTensor, report: StepReport) -> TensorResult | None:
         try:
-            stats = compute_stats(
-                tensor.load(), buckets=self.options.buckets, first=self.options.first
-            )
+            stats = compute_stats(tensor.load(), buckets=self.options.buckets, first=self.options.first)
         except _TENSOR_ERRORS as error:
             reason = failure_reason(error)
             logger.warning("skipped tensor %r (%s, %s): %s", tensor.name, tensor.dtype, tensor.shape, reason)
@@ -165,9 +163,7 @@ class WeightWriter:
     def _write_tensor(self, step: int, result: TensorResult) -> None:
         values = [
             summaries.histogram_value(result.histogram_tag, result.stats.histogram),
-            summaries.text_value(
-                result.text_tag, summaries.tensor_markdown(result.tensor, result.stats)
-            ),
+            summaries.text_value(result.text_tag, summaries.tensor_markdown(result.tensor, result.stats)),
         ]
         self._sink.write_summary(step, values)
 

@@ -80,8 +80,7 @@ def detect(path: str | os.PathLike[str]) -> Format:
     if head.startswith(_LFS_POINTER):
         raise CheckpointError(
             path,
-            "this is a Git LFS pointer, not the checkpoint itself; "
-            "fetch the real file with `git lfs pull`",
+            "this is a Git LFS pointer, not the checkpoint itself; fetch the real file with `git lfs pull`",
         )
     known = formats()
     for fmt in known:

@@ -76,6 +76,8 @@ def _head(path: Path) -> bytes:
 
 def _lazy_member(path: Path, archive: np.lib.npyio.NpzFile, member: str) -> NamedTensor:
     # Shape and dtype come from the member's .npy header without reading its data.
+    if archive.zip is None:
+        raise CheckpointError(path, "the .npz archive was closed while reading it")
     try:
         with archive.zip.open(member + ".npy") as stream:
             shape, _, dtype = _npy_header(stream)
@@ -94,11 +96,19 @@ def _lazy_member(path: Path, archive: np.lib.npyio.NpzFile, member: str) -> Name
         except (OSError, EOFError, zipfile.BadZipFile) as error:
             raise CheckpointError(path, f"array {member!r} cannot be read ({error}); the archive is corrupt or truncated") from None
 
-    return NamedTensor(name=member, shape=tuple(shape), dtype=str(dtype), load=load, role=guess_role(member, len(shape)))
+    return NamedTensor(
+        name=member, shape=tuple(shape), dtype=str(dtype), load=load, role=guess_role(member, len(shape))
+    )
 
 
 def _record(name: str, array: np.ndarray) -> NamedTensor:
-    return NamedTensor(name=name, shape=tuple(array.shape), dtype=str(array.dtype), load=lambda: array, role=guess_role(name, array.ndim))
+    return NamedTensor(
+        name=name,
+        shape=tuple(array.shape),
+        dtype=str(array.dtype),
+        load=lambda: array,
+        role=guess_role(name, array.ndim),
+    )
 
 
 FORMAT = Format(name="numpy", sniff=_sniff, read=_read, suffixes=(".npy", ".npz"))

@@ -49,7 +49,9 @@ def _sniff(path: Path, head: bytes) -> bool:
 
 
 def _is_torchscript(members: list[str]) -> bool:
-    return any(name.endswith("constants.pkl") for name in members) and any("/code/" in name for name in members)
+    return any(name.endswith("constants.pkl") for name in members) and any(
+        "/code/" in name for name in members
+    )
 
 
 def _import_torch() -> Any:
@@ -76,7 +78,8 @@ def load_object(path: Path, options: LoadOptions) -> Any:
     if _is_torchscript(members):
         if not options.trust:
             raise UnsafeCheckpointError(
-                path, f"this is a TorchScript archive; loading it runs code from the file; pass {TRUST_FLAG} to allow it"
+                path,
+                f"this is a TorchScript archive; loading it runs code from the file; pass {TRUST_FLAG} to allow it",
             )
         module = torch.jit.load(str(path), map_location="cpu")
         return module.state_dict()
@@ -152,7 +155,12 @@ def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
 
 def _storage_key(tensor: Any) -> tuple[int, int, tuple[int, ...], Any] | None:
     try:
-        return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        return (
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tuple(tensor.shape),
+            tensor.dtype,
+        )
     except (RuntimeError, NotImplementedError):
         return None
 
