@@ -6,6 +6,7 @@ its `tensor_util`, so the protos are exactly what TensorBoard's readers expect.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -63,6 +64,21 @@ def fmt_first(values: Sequence[float | int | bool | complex]) -> str:
     return ", ".join(fmt(v) for v in values)
 
 
+def code_span(text: str) -> str:
+    """A Markdown code span that TensorBoard renders as `text` verbatim, even inside a table.
+
+    TensorBoard's Markdown (Python-Markdown with tables) keeps `|`, `\\`, `<` and `&`
+    literal inside a code span, so only backticks and line breaks need care: the
+    delimiter is one backtick longer than the longest run in the text, and a line
+    break, which would end the table row, is shown as the two characters `\\n`.
+    """
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _escape(text: str) -> str:
     """Keep a raw name from being read as Markdown or HTML."""
     escaped = text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'").replace("<", "&lt;")
@@ -73,7 +89,7 @@ def _escape(text: str) -> str:
 def tensor_markdown(tensor: NamedTensor, stats: TensorStats) -> str:
     """The text summary of one tensor: its name verbatim, statistics and first values."""
     rows = [
-        ("name", f"`{_escape(tensor.name)}`"),
+        ("name", code_span(tensor.name)),
         ("role", tensor.role.value),
         ("shape", fmt_shape(tensor.shape)),
         ("dtype", tensor.dtype),
@@ -91,7 +107,7 @@ def tensor_markdown(tensor: NamedTensor, stats: TensorStats) -> str:
     if tensor.dtype.startswith("complex"):
         rows.append(("note", COMPLEX_NOTE))
     if tensor.aliases:
-        rows.append(("also named", ", ".join(f"`{_escape(a)}`" for a in tensor.aliases)))
+        rows.append(("also named", ", ".join(code_span(a) for a in tensor.aliases)))
     if tensor.note:
         rows.append(("note", _escape(tensor.note)))
     lines = ["| | |", "|---|---|"]
