@@ -5,8 +5,8 @@ and records are framed by TensorBoard's `RecordWriter`: little-endian length,
 masked CRC-32C of the length, payload, masked CRC-32C of the payload. The file is
 unbuffered and each record goes to it with `os.write` calls at once. When a write
 fails (disk full, file size limit) or is interrupted (KeyboardInterrupt), the file
-is truncated back to the end of the last whole record, so it always ends on a
-record boundary and TensorBoard reads every record in it.
+is truncated back to the end of the last whole record. The file so always ends on
+a record boundary, and TensorBoard reads every record in it.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class RecordFile:
         return len(data)
 
     def flush(self) -> None:
-        """Nothing is buffered in this process; the kernel holds the written records."""
+        """Do nothing: records go straight to the kernel, which keeps them for the file."""
 
     def close(self) -> None:
         if not self.closed:

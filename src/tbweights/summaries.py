@@ -68,9 +68,9 @@ def code_span(text: str) -> str:
     """A Markdown code span that TensorBoard renders as `text` verbatim, even inside a table.
 
     TensorBoard's Markdown (Python-Markdown with tables) keeps `|`, `\\`, `<` and `&`
-    literal inside a code span, so only backticks and line breaks need care: the
-    delimiter is one backtick longer than the longest run in the text, and a line
-    break, which would end the table row, is shown as the two characters `\\n`.
+    literal inside a code span, so only backticks and line breaks need care. The
+    delimiter is one backtick longer than the longest run in the text. A line break
+    would end the table row, so it is shown as the two characters `\\n`.
     """
     text = text.replace("\r", "\\r").replace("\n", "\\n")
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)

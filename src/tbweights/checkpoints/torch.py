@@ -85,7 +85,7 @@ def load_object(path: Path, options: LoadOptions) -> Any:
         return module.state_dict()
     try:
         with warnings.catch_warnings():
-            # torch warns about pickle protocols it did not write; the error below says more.
+            # torch warns about pickle protocols it did not write, and the error below explains more.
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=not options.trust, mmap=is_zip)
     except pickle.UnpicklingError as error:
