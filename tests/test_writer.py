@@ -166,9 +166,10 @@ def test_bfloat16_module(logdir, read_run) -> None:
     assert "| dtype | bfloat16 |" in read_run(logdir).text("weight/stats")
 
 
-def test_unsupported_model_type() -> None:
+def test_unsupported_model_type(tmp_path) -> None:
     with pytest.raises(tbweights.UnsupportedModelError, match="builtins.object"):
-        log_weights(object(), "unused")
+        log_weights(object(), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_invalid_options_fail_before_writing(tmp_path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -197,5 +198,9 @@ def log_weights(model: Any, logdir: str | os.PathLike[str], step: int = 0, **opt
     Options are those of `WeightWriter`: `first`, `buckets`, `include`, `exclude`,
     `include_buffers`.
     """
+    walk = WalkOptions(include_buffers=bool(options.get("include_buffers", False)))
+    tensors = named_tensors(model, walk)
+    first = next(tensors, None)  # an unsupported model raises here, before a file exists
     with WeightWriter(logdir, **options) as writer:
-        return writer.log(model, step)
+        head = [] if first is None else [first]
+        return writer.log_tensors(itertools.chain(head, tensors), step)
