@@ -131,7 +131,11 @@ def unreadable(path: Path) -> Path:
 BROKEN: dict[str, tuple[str, Callable[[Path], Path], str]] = {
     "truncated_zip": ("model.pt", truncated(torch_zip, 0.5), "zip archive is corrupt or truncated"),
     "truncated_zip_head": ("model.pt", truncated(torch_zip, 0.02), "zip archive is corrupt or truncated"),
-    "truncated_legacy": ("model.pt", truncated(torch_legacy, 0.5), "the file is corrupt, truncated or not a PyTorch checkpoint"),
+    "truncated_legacy": (
+        "model.pt",
+        truncated(torch_legacy, 0.5),
+        "the file is corrupt, truncated or not a PyTorch checkpoint",
+    ),
     "corrupt_zip": ("model.pt", corrupt_central_directory, "zip archive is corrupt or truncated"),
     "truncated_safetensors": ("model.safetensors", truncated(safetensors_file, 0.5), "the file is truncated"),
     "absurd_header": ("model.safetensors", absurd_header, "header length 4611686018427387904 does not fit"),

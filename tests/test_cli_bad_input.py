@@ -57,6 +57,9 @@ def test_unexpected_error_no_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setattr(cli, "describe", broken)
     assert main(["show", str(tmp_path / "x.pt")]) == 1
     err = capsys.readouterr().err
-    assert err == "error: unexpected ZeroDivisionError: division by zero; rerun with --debug for the traceback and report it\n"
+    assert (
+        err
+        == "error: unexpected ZeroDivisionError: division by zero; rerun with --debug for the traceback and report it\n"
+    )
     with pytest.raises(ZeroDivisionError):
         main(["show", str(tmp_path / "x.pt"), "--debug"])

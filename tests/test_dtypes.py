@@ -21,7 +21,14 @@ torch = pytest.importorskip("torch")
 TORCH_CASES = {
     "f16": (torch.tensor([-65504.0, 1.0, 0.0], dtype=torch.float16), -65504.0, 1.0, 1, 0, 0),
     # bfloat16 keeps float32's range: 3e38 must not become inf (float16 would overflow).
-    "bf16": (torch.tensor([3e38, -1.5, 0.0], dtype=torch.bfloat16), -1.5, float(torch.tensor(3e38, dtype=torch.bfloat16)), 1, 0, 0),
+    "bf16": (
+        torch.tensor([3e38, -1.5, 0.0], dtype=torch.bfloat16),
+        -1.5,
+        float(torch.tensor(3e38, dtype=torch.bfloat16)),
+        1,
+        0,
+        0,
+    ),
     "f8_e4m3fn": (torch.tensor([448.0, -448.0, float("nan")]).to(torch.float8_e4m3fn), -448.0, 448.0, 0, 1, 0),
     "f8_e5m2": (torch.tensor([57344.0, 0.0, float("inf")]).to(torch.float8_e5m2), 0.0, 57344.0, 1, 0, 1),
     "f64": (torch.tensor([1e300, -1e-300], dtype=torch.float64), -1e-300, 1e300, 0, 0, 0),
@@ -188,8 +195,8 @@ def test_dtensor_replicated_and_sharded() -> None:
     distributed = pytest.importorskip("torch.distributed")
     if not distributed.is_available():
         pytest.skip("torch.distributed is not built in")
-    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
     from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     distributed.init_process_group("gloo", rank=0, world_size=1)

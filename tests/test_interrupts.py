@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -62,7 +61,10 @@ def write_checkpoints(folder: Path, count: int) -> list[str]:
     paths = []
     for index in range(count):
         path = folder / f"step-{index}.npz"
-        np.savez(path, **{f"layer{k}.weight": np.full((64, 64), index + k, np.float32) for k in range(TENSORS_PER_CHECKPOINT)})
+        np.savez(
+            path,
+            **{f"layer{k}.weight": np.full((64, 64), index + k, np.float32) for k in range(TENSORS_PER_CHECKPOINT)},
+        )
         paths.append(str(path))
     return paths
 
@@ -222,7 +224,10 @@ def test_logdir_without_write_permission() -> None:
         )
         assert result.returncode == 1
         assert "Traceback" not in result.stderr
-        assert "cannot create the event file (Permission denied); check that the log directory is writable" in result.stderr
+        assert (
+            "cannot create the event file (Permission denied); check that the log directory is writable"
+            in result.stderr
+        )
         assert list(folder.iterdir()) == []
     finally:
         os.chmod(folder, 0o755)

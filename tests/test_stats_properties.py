@@ -25,7 +25,9 @@ def float_arrays(dtype: type) -> st.SearchStrategy[np.ndarray]:
     return hnp.arrays(
         dtype,
         hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12),
-        elements=st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True, width=np.dtype(dtype).itemsize * 8),
+        elements=st.floats(
+            allow_nan=True, allow_infinity=True, allow_subnormal=True, width=np.dtype(dtype).itemsize * 8
+        ),
     )
 
 

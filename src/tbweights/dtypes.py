@@ -75,8 +75,7 @@ def check_numpy(array: np.ndarray, name: str = DEFAULT_NAME) -> None:
         return
     raise TensorError(
         name,
-        f"values of dtype {array.dtype} are not numbers; tbweights summarizes float, "
-        "integer, bool and complex tensors",
+        f"values of dtype {array.dtype} are not numbers; tbweights summarizes float, integer, bool and complex tensors",
         dtype=str(array.dtype),
         shape=tuple(array.shape),
     )
@@ -174,8 +173,7 @@ def _reject_valueless(torch: Any, tensor: Any, name: str) -> None:
     if dtype.startswith("float4_"):
         raise TensorError(
             name,
-            "packs two 4-bit floats per element, which torch cannot upcast; "
-            "unpack it to a wider dtype first",
+            "packs two 4-bit floats per element, which torch cannot upcast; unpack it to a wider dtype first",
             dtype=dtype,
             shape=shape,
         )

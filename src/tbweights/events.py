@@ -16,6 +16,7 @@ import itertools
 import os
 import socket
 import time
+
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 

@@ -16,7 +16,6 @@ sharded tensor can be summarized by reducing the partials across processes.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any

@@ -30,7 +30,6 @@ from tbweights.stats import (
     scan_moments,
 )
 
-
 # Below this range the squared deviations (about span**2) lose precision to
 # subnormals and the bucket width can round to zero.
 TINY_SPAN = 2.0**-500

@@ -45,7 +45,9 @@ def _load_npy(path: Path, name: str, options: LoadOptions) -> np.ndarray:
     try:
         return np.load(path, mmap_mode=None if dtype.hasobject else "r", allow_pickle=options.trust)  # type: ignore[no-any-return]
     except (ValueError, OSError, EOFError) as error:
-        raise CheckpointError(path, f"array {name!r} cannot be read ({error}); the file is corrupt or truncated") from None
+        raise CheckpointError(
+            path, f"array {name!r} cannot be read ({error}); the file is corrupt or truncated"
+        ) from None
 
 
 def _npy_header(stream: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -90,11 +92,14 @@ def _lazy_member(path: Path, archive: np.lib.npyio.NpzFile, member: str) -> Name
         except ValueError as error:
             if "allow_pickle" in str(error):
                 raise UnsafeCheckpointError(
-                    path, f"array {member!r} holds Python objects, and loading them runs code from the file; {TRUST_HINT}"
+                    path,
+                    f"array {member!r} holds Python objects, and loading them runs code from the file; {TRUST_HINT}",
                 ) from None
             raise CheckpointError(path, f"array {member!r} cannot be read ({error})") from None
         except (OSError, EOFError, zipfile.BadZipFile) as error:
-            raise CheckpointError(path, f"array {member!r} cannot be read ({error}); the archive is corrupt or truncated") from None
+            raise CheckpointError(
+                path, f"array {member!r} cannot be read ({error}); the archive is corrupt or truncated"
+            ) from None
 
     return NamedTensor(
         name=member, shape=tuple(shape), dtype=str(dtype), load=load, role=guess_role(member, len(shape))

@@ -92,7 +92,9 @@ def load_object(path: Path, options: LoadOptions) -> Any:
         raise _unpickling_error(path, error) from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError, zipfile.BadZipFile) as error:
         message = _first_line(str(error)) if str(error).strip() else type(error).__name__
-        raise CheckpointError(path, f"torch.load failed ({message}); the file is corrupt, truncated or not a PyTorch checkpoint") from None
+        raise CheckpointError(
+            path, f"torch.load failed ({message}); the file is corrupt, truncated or not a PyTorch checkpoint"
+        ) from None
 
 
 def _unpickling_error(path: Path, error: Exception) -> CheckpointError:
