@@ -168,15 +168,17 @@ def test_partial_placement_is_skipped(single_rank_group: Any, logdir: Path) -> N
     assert "redistribute" in report.skipped[0].reason
 
 
-def test_plain_log_weights_rejects_dtensor(single_rank_group: Any, logdir: Path) -> None:
+def test_plain_log_weights_one_rank_dtensor(single_rank_group: Any, logdir: Path) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Shard
 
     mesh = init_device_mesh("cpu", (1,))
     report = log_weights({"sharded": DTensor.from_local(torch.ones(2, 2), mesh, [Shard(0)])}, logdir)
 
-    assert [s.name for s in report.skipped] == ["sharded"]
-    assert "log_weights_distributed" in report.skipped[0].reason
+    # On a one-rank mesh the local shard is the whole tensor, so plain logging reads it.
+    assert report.skipped == []
+    assert [r.tensor.name for r in report.results] == ["sharded"]
+    assert report.results[0].stats.count == 4
 
 
 def test_include_exclude_and_first(single_rank_group: Any, logdir: Path, read_run: Any) -> None:

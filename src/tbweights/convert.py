@@ -10,9 +10,10 @@ from pathlib import Path
 
 from tbweights.checkpoints import LoadOptions, read_checkpoint
 from tbweights.errors import TbweightsError
+from tbweights.events import EventFileError
 from tbweights.stats import TensorStats, compute_stats
 from tbweights.tensors import NamedTensor
-from tbweights.writer import _TENSOR_ERRORS, StepReport, WeightWriter
+from tbweights.writer import _TENSOR_ERRORS, StepReport, WeightWriter, failure_reason
 
 # `step-500`, `global_step=500`, `iter_500`, `checkpoint-500`, `ckpt-3`, `epoch=4`.
 _STEP_WORD = re.compile(r"(?:global_step|step|steps|iter|iteration|checkpoint|ckpt|epoch)[-_=]?(\d+)", re.I)
@@ -109,6 +110,8 @@ def convert(
     """Write each checkpoint as one step of a single run in `logdir`.
 
     A checkpoint that cannot be read is recorded in `failed`; the others go on.
+    An `EventFileError` (disk full, unwritable logdir) stops the conversion; the
+    event file then holds every record written before it.
     """
     plan = plan_steps(paths, start_step)
     report = ConvertReport(logdir=os.fspath(logdir), step_warning=plan.warning)
@@ -119,6 +122,8 @@ def convert(
                 on_checkpoint(path, step)
             try:
                 step_report = writer.log_tensors(read_checkpoint(path, load_options), step, on_tensor)
+            except EventFileError:
+                raise  # the output is broken: no later checkpoint can be written either
             except TbweightsError as error:
                 report.failed.append(FailedCheckpoint(path, str(error), error))
                 continue
@@ -139,4 +144,4 @@ def describe(
         try:
             yield tensor, compute_stats(tensor.load(), buckets=buckets, first=first)
         except _TENSOR_ERRORS as error:
-            yield tensor, str(error) or type(error).__name__
+            yield tensor, failure_reason(error)

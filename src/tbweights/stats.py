@@ -16,13 +16,13 @@ sharded tensor can be summarized by reducing the partials across processes.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import ml_dtypes
 import numpy as np
+
+from tbweights import dtypes
 
 DEFAULT_BUCKETS = 30
 DEFAULT_FIRST = 5
@@ -30,17 +30,7 @@ DEFAULT_FIRST = 5
 CHUNK_ELEMENTS = 1 << 16
 
 # Floating dtypes NumPy lacks; ml_dtypes defines them. Upcast to float32, never float16.
-_SMALL_FLOATS = frozenset(
-    np.dtype(t)
-    for t in (
-        np.float16,
-        ml_dtypes.bfloat16,
-        ml_dtypes.float8_e4m3fn,
-        ml_dtypes.float8_e5m2,
-        ml_dtypes.float8_e4m3fnuz,
-        ml_dtypes.float8_e5m2fnuz,
-    )
-)
+_SMALL_FLOATS = dtypes.SMALL_FLOATS
 
 
 @dataclass
@@ -102,7 +92,7 @@ class TensorStats:
     max: float | None
     mean: float | None
     std: float | None
-    first: tuple[float | int | bool, ...]
+    first: tuple[float | int | bool | complex, ...]
     histogram: np.ndarray = field(repr=False)
 
     @property
@@ -115,21 +105,17 @@ class TensorStats:
 
 
 def as_numpy(values: Any) -> np.ndarray:
-    """A NumPy view (or, where unavoidable, a copy) of a NumPy or torch tensor."""
-    if isinstance(values, np.ndarray):
-        return values
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(values, torch.Tensor):
-        from tbweights.frameworks.torch import to_numpy
+    """A NumPy view (or, where unavoidable, a copy) of a NumPy or torch tensor.
 
-        return to_numpy(values)
-    return np.asarray(values)
+    `tbweights.dtypes` handles dtypes and layouts NumPy lacks and raises
+    `TensorError` for values with nothing to summarize.
+    """
+    return dtypes.to_numpy(values)
 
 
 def check_dtype(array: np.ndarray) -> None:
-    """Raise TypeError for dtypes the kernel cannot summarize."""
-    kind = array.dtype.kind
-    if kind in "fiub" or array.dtype in _SMALL_FLOATS:
+    """Raise TypeError for dtypes the kernel cannot summarize (complex is made real first)."""
+    if dtypes.is_summarizable(array.dtype):
         return
     raise TypeError(f"cannot summarize values of dtype {array.dtype}")
 
@@ -234,7 +220,7 @@ def histogram_rows(moments: Moments, counts: BucketCounts, buckets: int) -> np.n
     return np.stack([edges[:-1], edges[1:], counts.counts.astype(np.float64)], axis=1)
 
 
-def first_values(flat: np.ndarray, first: int) -> tuple[float | int | bool, ...]:
+def first_values(flat: np.ndarray, first: int) -> tuple[float | int | bool | complex, ...]:
     """The first `first` values in row-major order, as Python numbers."""
     head = flat[:first]
     if head.dtype in _SMALL_FLOATS:
@@ -245,12 +231,15 @@ def first_values(flat: np.ndarray, first: int) -> tuple[float | int | bool, ...]
 def finish(
     moments: Moments,
     counts: BucketCounts,
-    first: tuple[float | int | bool, ...],
+    first: tuple[float | int | bool | complex, ...],
     buckets: int,
 ) -> TensorStats:
     """Assemble the final statistics from (possibly merged) partial results."""
     has_finite = moments.finite > 0
-    mean = moments.total / moments.finite if has_finite else None
+    mean = None
+    if has_finite:
+        # Rounding in the sum can put the mean a hair outside [min, max] (constant data).
+        mean = min(max(moments.total / moments.finite, moments.min), moments.max)
     std = math.sqrt(counts.squared_deviations / moments.finite) if has_finite else None
     return TensorStats(
         count=moments.count,
@@ -278,8 +267,18 @@ def compute_stats(
     if buckets < 1:
         raise ValueError(f"buckets must be at least 1, got {buckets}")
     array = as_numpy(values)
-    check_dtype(array)
     flat = array.reshape(-1)
-    moments = scan_moments(flat, chunk)
-    counts = scan_buckets(flat, moments, buckets, chunk)
-    return finish(moments, counts, first_values(flat, first), buckets)
+    head = first_values(flat, first)
+    flat = dtypes.complex_magnitude(flat)
+    check_dtype(flat)
+    # Overflow and underflow are detected below and redone on scaled values.
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        moments = scan_moments(flat, chunk)
+        if not stats_scaled.out_of_range(moments):
+            counts = scan_buckets(flat, moments, buckets, chunk)
+            if math.isfinite(counts.squared_deviations):
+                return finish(moments, counts, head, buckets)
+        return stats_scaled.scaled_stats(flat, moments, head, buckets, chunk)
+
+
+from tbweights import stats_scaled  # noqa: E402 - stats_scaled builds on this module

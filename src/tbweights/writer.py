@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from tensorboard.compat.proto import summary_pb2
 
 from tbweights import summaries
-from tbweights.errors import TbweightsError
+from tbweights.errors import TbweightsError, TensorError
 from tbweights.events import EventFile
 from tbweights.frameworks import WalkOptions, named_tensors
 from tbweights.stats import DEFAULT_BUCKETS, DEFAULT_FIRST, TensorStats, compute_stats
@@ -29,6 +29,13 @@ MAX_BUCKETS = 10_000
 
 # Errors that stop one tensor but not the step: the tensor is reported as skipped.
 _TENSOR_ERRORS = (TbweightsError, TypeError, ValueError, RuntimeError, OSError, MemoryError)
+
+
+def failure_reason(error: BaseException) -> str:
+    """Why a tensor was skipped, without repeating the tensor's name."""
+    if isinstance(error, TensorError):
+        return error.reason
+    return str(error) or type(error).__name__
 
 
 class SummarySink(Protocol):
@@ -180,7 +187,7 @@ class WeightWriter:
         try:
             stats = compute_stats(tensor.load(), buckets=self.options.buckets, first=self.options.first)
         except _TENSOR_ERRORS as error:
-            reason = str(error) or type(error).__name__
+            reason = failure_reason(error)
             logger.warning("skipped tensor %r (%s, %s): %s", tensor.name, tensor.dtype, tensor.shape, reason)
             report.skipped.append(Skipped(tensor.name, reason))
             return None
