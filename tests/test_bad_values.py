@@ -118,5 +118,5 @@ def test_float64_limits_std(run) -> None:
 def test_overview_lists_every_tensor(run) -> None:
     _, reader = run
     table = reader.value("tbweights/overview")
-    names = {cell.decode() for cell in table[1:, 0]}
+    names = {cell.decode().strip("`") for cell in table[1:, 0]}
     assert names == set(CASES)

@@ -136,7 +136,7 @@ def test_meta_and_lazy_parameters_reported(tmp_path) -> None:
     from conftest import RunReader
 
     table = RunReader(tmp_path).value("tbweights/overview")
-    overview = {row[0].decode(): row[-1].decode() for row in table[1:]}
+    overview = {row[0].decode().strip("`"): row[-1].decode() for row in table[1:]}
     assert overview["1.bias"].startswith("skipped: is on the meta device")
 
 

@@ -24,7 +24,9 @@ _TEXT_METADATA = text_metadata.create_summary_metadata(display_name=None, descri
 _SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name=None, description=None)
 
 COMPLEX_NOTE = "mean, std, min, max, zeros and the histogram are of the magnitude abs(z)"
-OVERVIEW_COLUMNS = ("name", "shape", "dtype", "count", "mean", "std", "min", "max", "first values")
+OVERVIEW_COLUMNS = (
+    "name", "shape", "dtype", "count", "mean", "std", "min", "max", "non-finite", "first values"
+)
 
 
 def histogram_value(tag: str, histogram: np.ndarray) -> summary_pb2.Summary.Value:
@@ -104,20 +106,22 @@ def tensor_markdown(tensor: NamedTensor, stats: TensorStats) -> str:
         ("-Inf", fmt(stats.neginf)),
         (f"first {len(stats.first)} (row-major)", fmt_first(stats.first)),
     ]
+    if stats.nonfinite:
+        rows.append(("note", f"mean, std, min, max and the histogram cover the {stats.finite} finite values"))
     if tensor.dtype.startswith("complex"):
         rows.append(("note", COMPLEX_NOTE))
     if tensor.aliases:
         rows.append(("also named", ", ".join(code_span(a) for a in tensor.aliases)))
     if tensor.note:
         rows.append(("note", _escape(tensor.note)))
-    lines = ["| | |", "|---|---|"]
+    lines = ["| statistic | value |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in rows]
     return "\n".join(lines)
 
 
 def overview_row(tensor: NamedTensor, stats: TensorStats) -> list[str]:
     return [
-        _escape(tensor.name),
+        code_span(tensor.name),
         fmt_shape(tensor.shape),
         tensor.dtype,
         fmt(stats.count),
@@ -125,6 +129,7 @@ def overview_row(tensor: NamedTensor, stats: TensorStats) -> list[str]:
         fmt(stats.std),
         fmt(stats.min),
         fmt(stats.max),
+        fmt(stats.nonfinite),
         fmt_first(stats.first),
     ]
 

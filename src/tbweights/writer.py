@@ -203,7 +203,8 @@ class WeightWriter:
 
     def _write_overview(self, report: StepReport) -> None:
         rows = [summaries.overview_row(r.tensor, r.stats) for r in report.results]
-        rows += [[s.name, "", "", "", "", "", "", "", f"skipped: {s.reason}"] for s in report.skipped]
+        blank = [""] * (len(summaries.OVERVIEW_COLUMNS) - 2)
+        rows += [[summaries.code_span(s.name), *blank, f"skipped: {s.reason}"] for s in report.skipped]
         table = summaries.overview_table(rows)
         self._sink.write_summary(report.step, [summaries.text_value(OVERVIEW_TAG, table)])
 
