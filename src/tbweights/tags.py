@@ -8,8 +8,9 @@ The rule (documented in the README):
    first `/`, which is then the layer.
 3. Characters other than letters, digits, `_`, `-`, `.` and `/` become `_`;
    repeated `/` collapse; leading and trailing `/` are removed.
-4. Tags longer than 200 characters are cut and end in `~` plus 8 hex digits of the
-   name's SHA-1, so two long names stay apart.
+4. Tags longer than 200 characters are cut in the middle: the part before the last
+   `/` is shortened and gets `~` plus 8 hex digits of the name's SHA-1, so two long
+   names stay apart and the leaf (`weight`, `bias`) stays readable.
 5. A tensor's histogram takes the tag, its text summary the tag plus `/stats`.
    When a tag is already taken by another name, `_2`, `_3`, ... is appended.
 
@@ -23,6 +24,8 @@ import hashlib
 import re
 
 MAX_TAG_LENGTH = 200
+# The part after the last `/` (`weight`, `bias`) survives truncation up to this length.
+MAX_LEAF_LENGTH = 60
 TEXT_SUFFIX = "/stats"
 OVERVIEW_TAG = "tbweights/overview"
 
@@ -40,7 +43,10 @@ def clean_tag(name: str) -> str:
     tag = _SLASHES.sub("/", tag).strip("/") or "_"
     if len(tag) > MAX_TAG_LENGTH:
         digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
-        tag = f"{tag[: MAX_TAG_LENGTH - 9]}~{digest}"
+        head, slash, leaf = tag.rpartition("/")
+        leaf = leaf[:MAX_LEAF_LENGTH]
+        keep = MAX_TAG_LENGTH - len(leaf) - len(slash) - 9
+        tag = f"{(head or tag)[:keep]}~{digest}{slash}{leaf}" if head else f"{tag[: MAX_TAG_LENGTH - 9]}~{digest}"
     return tag
 
 
