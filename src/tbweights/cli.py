@@ -20,7 +20,7 @@ from types import FrameType
 
 from tbweights import __version__
 from tbweights.checkpoints import LoadOptions
-from tbweights.cli_output import Output, print_show_table
+from tbweights.cli_output import Output, print_init_table, print_show_table
 from tbweights.convert import MAX_STEP, convert, describe
 from tbweights.errors import TbweightsError
 from tbweights.stats import DEFAULT_BUCKETS, DEFAULT_FIRST
@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print one row per tensor: name, shape, dtype, statistics, first values.",
     )
     show.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or folder")
+    show.add_argument(
+        "--check-init",
+        action="store_true",
+        help="compare each tensor with common initialization schemes (PyTorch and Keras defaults, "
+        "Xavier, Kaiming, LeCun, orthogonal) and print the closest one and a verdict",
+    )
     _add_common(show)
 
     demo = commands.add_parser(
@@ -215,10 +221,16 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
 
 
 def run_show(args: argparse.Namespace, out: Output) -> int:
-    rows = describe(args.checkpoint, first=args.first, load_options=_load_options(args))
     from tbweights.writer import SummaryOptions
 
     selection = SummaryOptions(include=tuple(args.include), exclude=tuple(args.exclude))
+    if args.check_init:
+        from tbweights.initcheck import check_checkpoint
+
+        report = check_checkpoint(args.checkpoint, _load_options(args), select=selection.selects)
+        print_init_table(report, out)
+        return 0
+    rows = describe(args.checkpoint, first=args.first, load_options=_load_options(args))
     failures = print_show_table(((t, s) for t, s in rows if selection.selects(t.name)), out)
     return EXIT_ERROR if failures else 0
 

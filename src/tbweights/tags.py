@@ -11,8 +11,10 @@ The rule (documented in the README):
 4. Tags longer than 200 characters are cut in the middle: the part before the last
    `/` is shortened and gets `~` plus 8 hex digits of the name's SHA-1, so two long
    names stay apart and the leaf (`weight`, `bias`) stays readable.
-5. A tensor's histogram takes the tag, its text summary the tag plus `/stats`.
-   When a tag is already taken by another name, `_2`, `_3`, ... is appended.
+5. A tensor's histogram takes the tag, its text summary the tag plus `/stats`,
+   its optional training scalars and change histogram the tag plus their suffix
+   (`/mean`, `/change`, ...). When any of these is already taken by another
+   name, `_2`, `_3`, ... is appended.
 
 A name keeps its tags for the life of the writer, so every step lands on the
 same cards.
@@ -28,6 +30,7 @@ MAX_TAG_LENGTH = 200
 MAX_LEAF_LENGTH = 60
 TEXT_SUFFIX = "/stats"
 OVERVIEW_TAG = "tbweights/overview"
+INIT_CHECK_TAG = "tbweights/init_check"
 
 _UNSAFE = re.compile(r"[^\w.\-/]")
 _SLASHES = re.compile(r"/{2,}")
@@ -51,11 +54,16 @@ def clean_tag(name: str) -> str:
 
 
 class TagAllocator:
-    """Hands out a (histogram tag, text tag) pair per name, stable and collision-free."""
+    """Hands out a (histogram tag, text tag) pair per name, stable and collision-free.
 
-    def __init__(self, reserved: tuple[str, ...] = (OVERVIEW_TAG,)) -> None:
+    Each name also owns its tag plus every suffix in `extra_suffixes`, so tags
+    derived from it never collide with another name's.
+    """
+
+    def __init__(self, reserved: tuple[str, ...] = (OVERVIEW_TAG,), extra_suffixes: tuple[str, ...] = ()) -> None:
         self._by_name: dict[str, tuple[str, str]] = {}
         self._taken: set[str] = set(reserved)
+        self._suffixes = ("", TEXT_SUFFIX, *extra_suffixes)
 
     def tags(self, name: str) -> tuple[str, str]:
         known = self._by_name.get(name)
@@ -63,10 +71,10 @@ class TagAllocator:
             return known
         base = clean_tag(name)
         candidate, n = base, 1
-        while candidate in self._taken or candidate + TEXT_SUFFIX in self._taken:
+        while any(candidate + suffix in self._taken for suffix in self._suffixes):
             n += 1
             candidate = f"{base}_{n}"
         pair = (candidate, candidate + TEXT_SUFFIX)
-        self._taken.update(pair)
+        self._taken.update(candidate + suffix for suffix in self._suffixes)
         self._by_name[name] = pair
         return pair

@@ -48,7 +48,9 @@ def is_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
-def tensor_record(name: str, value: torch.Tensor, role: Role | None = None) -> NamedTensor:
+def tensor_record(
+    name: str, value: torch.Tensor, role: Role | None = None, layer_type: str | None = None
+) -> NamedTensor:
     """A lazy record of one tensor; its `load` returns a dense CPU tensor or raises
     `TensorError` naming the tensor (meta device, lazy, sharded)."""
     if torch.nn.parameter.is_lazy(value):
@@ -60,6 +62,7 @@ def tensor_record(name: str, value: torch.Tensor, role: Role | None = None) -> N
             load=lambda: dtypes.plain_torch_tensor(value, name),
             role=role or guess_role(name),
             note="uninitialized lazy parameter",
+            layer_type=layer_type,
         )
     return NamedTensor(
         name=name,
@@ -67,7 +70,16 @@ def tensor_record(name: str, value: torch.Tensor, role: Role | None = None) -> N
         dtype=dtype_name(value.dtype),
         load=lambda: dtypes.plain_torch_tensor(value, name),
         role=role or guess_role(name, value.dim()),
+        layer_type=layer_type,
     )
+
+
+def layer_type_name(module: nn.Module) -> str:
+    """`torch.nn.Linear` for a Linear or any subclass of it; `pkg.Class` for other modules."""
+    for cls in type(module).__mro__:
+        if cls is not torch.nn.Module and getattr(torch.nn, cls.__name__, None) is cls:
+            return f"torch.nn.{cls.__name__}"
+    return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
 def named_tensors(obj: Any, options: WalkOptions) -> Iterator[NamedTensor]:
@@ -86,10 +98,11 @@ def _module_tensors(module: nn.Module, options: WalkOptions) -> Iterator[NamedTe
         for name, buffer in module.named_buffers(remove_duplicate=False):
             groups.setdefault(id(buffer), []).append((name, buffer))
     buffer_ids = {id(b) for b in module.buffers()} if options.include_buffers else set()
+    owners = {name: layer_type_name(owner) for name, owner in module.named_modules(remove_duplicate=False)}
     for key, members in groups.items():
         name, tensor = members[0]
         role = Role.BUFFER if key in buffer_ids else None
-        record = tensor_record(name, tensor, role)
+        record = tensor_record(name, tensor, role, owners.get(name.rpartition(".")[0]))
         aliases = tuple(alias for alias, _ in members[1:])
         if aliases:
             record = dataclasses.replace(record, aliases=aliases)
