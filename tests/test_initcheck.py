@@ -232,7 +232,8 @@ def test_show_check_init_prints_table(tmp_path) -> None:
         env=env,
         check=False,
     )
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr
+    assert "error: some tensors have a broken initialization" in out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split()[:3] == ["name", "shape", "layer"]
     weight_line = next(line for line in lines if line.startswith("weight "))
@@ -350,3 +351,21 @@ def test_live_keras_model() -> None:
     assert by_leaf["bn/gamma"].scheme == "ones"
     assert by_leaf["head/kernel"].verdict is Verdict.BROKEN
     assert by_leaf["head/bias"].verdict is Verdict.CONSISTENT
+
+
+def test_check_init_on_sharded_checkpoint(tmp_path) -> None:
+    """Sharded readers release a shard once past it; the check must still load every tensor."""
+    import json
+
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    model = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 4))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    shards = {"model-00001-of-00002.safetensors": ["0.weight", "0.bias"],
+              "model-00002-of-00002.safetensors": ["1.weight", "1.bias"]}
+    for file_name, names in shards.items():
+        safetensors_torch.save_file({n: state[n] for n in names}, str(tmp_path / file_name))
+    weight_map = {n: f for f, names in shards.items() for n in names}
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+    report = check_checkpoint(tmp_path)
+    assert [f.verdict for f in report.findings] == [Verdict.CONSISTENT] * 4

@@ -99,6 +99,42 @@ def test_callback_every_n_batches_with_open_writer(tmp_path: Path, read_run: Any
     assert run.value(tag, 3).shape == (10, 3)
 
 
+def test_callback_goes_on_across_fits(tmp_path: Path, read_run: Any) -> None:
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="fc")], name="net3")
+    net.compile(optimizer="sgd", loss="mse")
+    data = np.ones((8, 3), "float32"), np.zeros((8, 2), "float32")
+    initial = net.get_layer("fc").kernel.numpy().copy()
+    callback = WeightsCallback(tmp_path / "run", every_n_epochs=1)
+    net.fit(*data, epochs=2, batch_size=4, verbose=0, callbacks=[callback])
+    net.fit(*data, epochs=4, initial_epoch=2, batch_size=4, verbose=0, callbacks=[callback])
+    callback.close()
+    run = read_run(tmp_path / "run")
+    tag, _ = tags.TagAllocator().tags("net3/fc/kernel")
+    assert run.steps(tag) == [0, 1, 2, 3, 4]
+    assert run.value(tag, 0)[0, 0] == pytest.approx(float(initial.min()))
+    assert len(list((tmp_path / "run").iterdir())) == 1
+
+
+def test_callback_on_unbuilt_model_trains(tmp_path: Path, read_run: Any, caplog: Any) -> None:
+    class Net(keras.Model):
+        def __init__(self) -> None:
+            super().__init__(name="subnet")
+            self.fc = keras.layers.Dense(2, name="fc")
+
+        def call(self, x: Any) -> Any:
+            return self.fc(x)
+
+    net = Net()
+    net.compile(optimizer="sgd", loss="mse")
+    data = np.ones((8, 3), "float32"), np.zeros((8, 2), "float32")
+    callback = WeightsCallback(tmp_path / "run", every_n_epochs=1)
+    net.fit(*data, epochs=2, batch_size=4, verbose=0, callbacks=[callback])
+    callback.close()
+    assert "not built yet" in caplog.text
+    steps = read_run(tmp_path / "run").steps("tbweights/overview")
+    assert steps == [1, 2]
+
+
 def test_callback_rejects_bad_intervals(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="every_n_batches must be a positive integer"):
         WeightsCallback(tmp_path, every_n_batches=0)

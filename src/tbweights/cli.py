@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-init",
         action="store_true",
         help="compare each tensor with common initialization schemes (PyTorch and Keras defaults, "
-        "Xavier, Kaiming, LeCun, orthogonal) and print the closest one and a verdict",
+        "Xavier, Kaiming, LeCun, orthogonal) and print the closest one and a verdict; "
+        "exits 1 when a tensor's initialization is broken",
     )
     _add_common(show)
 
@@ -229,10 +230,20 @@ def run_show(args: argparse.Namespace, out: Output) -> int:
 
         report = check_checkpoint(args.checkpoint, _load_options(args), select=selection.selects)
         print_init_table(report, out)
+        if not report.findings:
+            out.warn(f"no tensors found in {args.checkpoint}")
+        if not report.ok:
+            out.error("some tensors have a broken initialization; see the table above")
+            return EXIT_ERROR
         return 0
     rows = describe(args.checkpoint, first=args.first, load_options=_load_options(args))
-    failures = print_show_table(((t, s) for t, s in rows if selection.selects(t.name)), out)
-    return EXIT_ERROR if failures else 0
+    shown = print_show_table(((t, s) for t, s in rows if selection.selects(t.name)), out)
+    if shown.rows == 0 and shown.failures == 0:
+        out.warn(f"no tensors found in {args.checkpoint}")
+    if shown.failures:
+        out.error(f"{shown.failures} tensor(s) skipped; see the warnings above")
+        return EXIT_ERROR
+    return 0
 
 
 def run_demo(args: argparse.Namespace, out: Output) -> int:

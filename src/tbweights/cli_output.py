@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm import tqdm
@@ -60,8 +61,16 @@ class Output:
             bar.close()
 
 
-def print_show_table(rows: Iterable[tuple[NamedTensor, TensorStats | str]], out: Output) -> int:
-    """Print an aligned table, one row per tensor; return how many tensors failed."""
+@dataclass(frozen=True)
+class ShowCounts:
+    """Tensors printed and tensors skipped by `print_show_table`."""
+
+    rows: int
+    failures: int
+
+
+def print_show_table(rows: Iterable[tuple[NamedTensor, TensorStats | str]], out: Output) -> ShowCounts:
+    """Print an aligned table, one row per tensor, and count what was printed and skipped."""
     table = [list(SHOW_COLUMNS)]
     failures = 0
     for tensor, stats in rows:
@@ -88,7 +97,7 @@ def print_show_table(rows: Iterable[tuple[NamedTensor, TensorStats | str]], out:
     for row in table:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]
         out.result("  ".join(cells).rstrip())
-    return failures
+    return ShowCounts(rows=len(table) - 1, failures=failures)
 
 
 def print_init_table(report: InitReport, out: Output) -> None:

@@ -19,6 +19,9 @@ from tbweights.writer import _TENSOR_ERRORS, StepReport, WeightWriter, failure_r
 _STEP_WORD = re.compile(r"(?:global_step|step|steps|iter|iteration|checkpoint|ckpt|epoch)[-_=]?(\d+)", re.I)
 _TRAILING_NUMBER = re.compile(r"[-_.](\d+)$")
 MAX_STEP = 2**63 - 1
+_SHARD_SUFFIX = re.compile(r"-\d+-of-\d+$")
+# TensorFlow writes checkpoint `ckpt-1` as `ckpt-1.index` and `ckpt-1.data-00000-of-00001`.
+_TF_CHECKPOINT_FILE = re.compile(r"^(?P<prefix>.+)\.(?:index|data-\d+-of-\d+)$")
 
 
 def step_from_path(path: str | os.PathLike[str]) -> int | None:
@@ -31,6 +34,7 @@ def step_from_path(path: str | os.PathLike[str]) -> int | None:
     """
     path = Path(path)
     name = path.name if path.is_dir() else path.name.split(".", 1)[0]
+    name = _SHARD_SUFFIX.sub("", name)  # model-00001-of-00002 is a shard, not step 2
     for part in (name, path.parent.name):
         matches = list(_STEP_WORD.finditer(part))
         preferred = [m for m in matches if "step" in m.group(0).lower()] or matches
@@ -41,6 +45,21 @@ def step_from_path(path: str | os.PathLike[str]) -> int | None:
         if number is not None and int(number) <= MAX_STEP:
             return int(number)
     return None
+
+
+def merge_tensorflow_files(paths: list[str]) -> list[str]:
+    """Replace the `.index` and `.data-*` files of one TensorFlow checkpoint by its prefix, once.
+
+    A shell glob such as `ckpt-*` lists both files of every checkpoint.
+    """
+    merged: list[str] = []
+    for path in paths:
+        match = _TF_CHECKPOINT_FILE.match(path)
+        if match and os.path.exists(match["prefix"] + ".index"):
+            path = match["prefix"]
+        if path not in merged:
+            merged.append(path)
+    return merged
 
 
 @dataclass(frozen=True)
@@ -61,7 +80,7 @@ def plan_steps(paths: Sequence[str | os.PathLike[str]], start_step: int | None =
     name has no number or two names give the same step, every checkpoint gets its
     position in the list instead, and the plan says why.
     """
-    names = [os.fspath(p) for p in paths]
+    names = merge_tensorflow_files([os.fspath(p) for p in paths])
     if start_step is not None:
         if start_step + len(names) - 1 > MAX_STEP:
             raise ValueError(f"step {start_step} is too large; steps are 64-bit signed integers")

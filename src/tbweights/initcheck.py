@@ -398,14 +398,20 @@ def check_tensors(items: Iterable[tuple[NamedTensor, TensorStats, Any]]) -> Init
     return InitReport([check_tensor(tensor, stats, shapes, values) for tensor, stats, values in items])
 
 
-def check_named_tensors(tensors: Iterable[NamedTensor], select: Callable[[str], bool] | None = None) -> InitReport:
+def check_named_tensors(
+    tensors: Iterable[NamedTensor],
+    select: Callable[[str], bool] | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> InitReport:
     """Load and check the tensors `select` accepts, one at a time.
 
-    The shapes of all tensors are gathered first, without loading, so that a bias
-    finds its weight's fan-in even when the weight is not selected.
+    A bias finds its weight's fan-in through `shapes`, the shape of every tensor by
+    name; without it the stream is listed first to collect them, which suits live
+    models but not readers that release a shard once the stream has moved past it.
     """
-    tensors = list(tensors)
-    shapes = {tensor.name: tensor.shape for tensor in tensors}
+    if shapes is None:
+        tensors = list(tensors)
+        shapes = {tensor.name: tensor.shape for tensor in tensors}
     report = InitReport()
     for tensor in tensors:
         if select is not None and not select(tensor.name):
@@ -452,4 +458,7 @@ def check_checkpoint(
     """Check the tensors of a checkpoint file; layers are inferred from names and shapes."""
     from tbweights.checkpoints import read_checkpoint
 
-    return check_named_tensors(read_checkpoint(path, load_options), select)
+    # Two passes: the first reads shapes only, the second loads one tensor at a time,
+    # so sharded readers never need a shard they have already released.
+    shapes = {tensor.name: tensor.shape for tensor in read_checkpoint(path, load_options)}
+    return check_named_tensors(read_checkpoint(path, load_options), select, shapes)

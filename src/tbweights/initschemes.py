@@ -278,13 +278,19 @@ def random_schemes(shape: Sequence[int], layout: Layout) -> list[Scheme]:
     ]
     modes = [("fan_in", fan_in)] if fan_in == fan_out else [("fan_in", fan_in), ("fan_out", fan_out)]
     for mode, fan in modes:
+        # He and LeCun are the fan_in forms; the fan_out forms carry only Kaiming's name.
+        he = " / he_uniform" if mode == "fan_in" else ""
+        lecun_uniform = "lecun_uniform / " if mode == "fan_in" else ""
+        lecun_normal = "lecun_normal / " if mode == "fan_in" else ""
+        he_normal = "he_normal" if mode == "fan_in" else "variance_scaling(2.0)"
+        lecun_truncated = "lecun_normal" if mode == "fan_in" else "variance_scaling(1.0)"
         schemes += [
-            _uniform(f"kaiming_uniform ({mode}, relu) / he_uniform", math.sqrt(6.0 / fan), mode),
+            _uniform(f"kaiming_uniform ({mode}, relu){he}", math.sqrt(6.0 / fan), mode),
             _normal(f"kaiming_normal ({mode}, relu)", math.sqrt(2.0 / fan), mode),
-            _truncated(f"he_normal ({mode}, Keras, truncated)", math.sqrt(2.0 / fan), mode),
-            _uniform(f"lecun_uniform / kaiming_uniform ({mode}, linear)", math.sqrt(3.0 / fan), mode),
-            _normal(f"lecun_normal / kaiming_normal ({mode}, linear)", math.sqrt(1.0 / fan), mode),
-            _truncated(f"lecun_normal ({mode}, Keras, truncated)", math.sqrt(1.0 / fan), mode),
+            _truncated(f"{he_normal} ({mode}, Keras, truncated)", math.sqrt(2.0 / fan), mode),
+            _uniform(f"{lecun_uniform}kaiming_uniform ({mode}, linear)", math.sqrt(3.0 / fan), mode),
+            _normal(f"{lecun_normal}kaiming_normal ({mode}, linear)", math.sqrt(1.0 / fan), mode),
+            _truncated(f"{lecun_truncated} ({mode}, Keras, truncated)", math.sqrt(1.0 / fan), mode),
         ]
     return schemes
 

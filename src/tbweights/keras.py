@@ -9,12 +9,17 @@ so step N means "after N epochs" or "after N batches" respectively.
 
 from __future__ import annotations
 
+import logging
+
 import os
 from typing import Any
 
 import keras
 
 from tbweights.writer import WeightWriter
+
+
+logger = logging.getLogger(__name__)
 
 
 class WeightsCallback(keras.callbacks.Callback):  # type: ignore[misc]
@@ -55,7 +60,10 @@ class WeightsCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._writer_options = writer_options
         self.every_n_epochs = every_n_epochs
         self.every_n_batches = every_n_batches
+        # Counted across calls to fit(), so a second fit() goes on from the first's steps.
         self._batches_seen = 0
+        self._epochs_seen = 0
+        self._initial_logged = False
 
     @property
     def writer(self) -> WeightWriter:
@@ -67,7 +75,16 @@ class WeightsCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self.writer.log(self.model, step)
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._batches_seen = 0
+        if self._initial_logged:
+            return
+        self._initial_logged = True
+        if not self.model.weights:
+            logger.warning(
+                "the initial weights of %s were not logged because it is not built yet; "
+                "call model.build(input_shape) before fit() to log them at step 0",
+                self.model.name,
+            )
+            return
         self._log(0)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
@@ -76,14 +93,17 @@ class WeightsCallback(keras.callbacks.Callback):  # type: ignore[misc]
             self._log(self._batches_seen)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0:
-            self._log(epoch + 1)
+        self._epochs_seen += 1
+        if self.every_n_epochs is not None and self._epochs_seen % self.every_n_epochs == 0:
+            self._log(self._epochs_seen)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self._writer is None:
-            return
-        if self._owns_writer:
+        # The writer stays open, so a later fit() goes on in the same event file.
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Close the event file this callback opened; a writer passed in stays open."""
+        if self._writer is not None and self._owns_writer:
             self._writer.close()
             self._writer = None
-        else:
-            self._writer.flush()
