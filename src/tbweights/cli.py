@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--step", type=_non_negative, default=None, metavar="N", help="step of the first checkpoint (see 'steps' below)")
     conv.add_argument("--buckets", type=_positive, default=DEFAULT_BUCKETS, metavar="K",
                       help=f"histogram buckets per tensor (default {DEFAULT_BUCKETS}, as tf.summary.histogram)")
+    conv.add_argument("--jobs", "-j", type=_positive, default=1, metavar="N",
+                      help="summarize up to N checkpoints at once in worker processes; "
+                      "the run written is the same as with one (default 1)")
     _add_common(conv)
 
     show = commands.add_parser("show", help="print each tensor's statistics and first values",
@@ -103,7 +106,7 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
     with out.progress() as progress:
         report = convert(
             args.checkpoints, args.logdir, start_step=args.step, load_options=_load_options(args),
-            first=args.first, buckets=args.buckets, include=args.include, exclude=args.exclude,
+            first=args.first, buckets=args.buckets, include=args.include, exclude=args.exclude, jobs=args.jobs,
             on_checkpoint=progress.start_checkpoint, on_tensor=progress.advance,
         )
     for path, step_report in report.steps:

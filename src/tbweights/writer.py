@@ -126,15 +126,19 @@ class WeightWriter:
         tensors: Iterable[NamedTensor],
         step: int = 0,
         on_tensor: Callable[[NamedTensor], None] | None = None,
+        stats_of: Callable[[NamedTensor], TensorStats] | None = None,
     ) -> StepReport:
-        """Summarize a stream of tensors at `step`, then write the step's overview table."""
+        """Summarize a stream of tensors at `step`, then write the step's overview table.
+
+        `stats_of` supplies statistics computed elsewhere (by `convert --jobs` workers).
+        """
         report = StepReport(step=step)
         for tensor in tensors:
             if not self.options.selects(tensor.name):
                 continue
             if on_tensor is not None:
                 on_tensor(tensor)
-            result = self._summarize(tensor, report)
+            result = self._summarize(tensor, report, stats_of)
             if result is not None:
                 self._write_tensor(step, result)
                 report.results.append(result)
@@ -142,11 +146,17 @@ class WeightWriter:
         self._sink.flush()
         return report
 
-    def _summarize(self, tensor: NamedTensor, report: StepReport) -> TensorResult | None:
+    def _summarize(
+        self,
+        tensor: NamedTensor,
+        report: StepReport,
+        stats_of: Callable[[NamedTensor], TensorStats] | None = None,
+    ) -> TensorResult | None:
         try:
-            stats = compute_stats(
-                tensor.load(), buckets=self.options.buckets, first=self.options.first
-            )
+            if stats_of is not None:
+                stats = stats_of(tensor)
+            else:
+                stats = compute_stats(tensor.load(), buckets=self.options.buckets, first=self.options.first)
         except _TENSOR_ERRORS as error:
             reason = str(error) or type(error).__name__
             logger.warning("skipped tensor %r (%s, %s): %s", tensor.name, tensor.dtype, tensor.shape, reason)
