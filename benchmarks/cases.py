@@ -191,14 +191,16 @@ def main() -> None:
         call()  # warm-up: first-touch allocations, lazy imports, caches
         rss_setup = rss_kib("VmRSS")
         has_peak = reset_peak()
-        times = []
+        times, cpu = [], []
         for _ in range(spec.get("repeat", 3)):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             call()
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
         peak = rss_kib("VmHWM")
     print(json.dumps({
         "times_s": times,
+        "cpu_s": cpu,  # CPU time of all threads: less sensitive than wall time to other load
         "setup_s": setup_s,
         "rss_setup_mib": rss_setup / 1024,
         "peak_above_setup_mib": (peak - rss_setup) / 1024 if has_peak else None,

@@ -78,10 +78,17 @@ def _tensor_table(rows: list[dict[str, Any]], _: list[dict[str, Any]]) -> str:
         for row in group:
             speed = f"{elements / row['median_s'] / 1e6:,.0f}" if _ok(row) else ""
             ratio = f"{ours['median_s'] / row['median_s']:.3f}" if ours and _ok(row) else ""
-            body.append([f"{elements:,}", row["tool"], _time(row), speed, ratio,
+            cpu = f"{_median(row['cpu_s']) / elements * 1e9:.2f}" if _ok(row) and row.get("cpu_s") else ""
+            body.append([f"{elements:,}", row["tool"], _time(row), speed, cpu, ratio,
                          _mib(row.get("peak_above_setup_mib")), _mib(row.get("max_rss_mib"))])
-    return _table(["elements", "tool", "median", "M elements/s", "time ratio tbweights / tool",
-                   "peak RSS above setup, MiB", "process max RSS, MiB"], body)
+    return _table(["elements", "tool", "median", "M elements/s", "CPU ns per element (all threads)",
+                   "time ratio tbweights / tool", "peak RSS above setup, MiB", "process max RSS, MiB"], body)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def _model_table(rows: list[dict[str, Any]], _: list[dict[str, Any]]) -> str:
