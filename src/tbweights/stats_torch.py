@@ -8,8 +8,9 @@ The results are the same `Moments` / `BucketCounts` as the NumPy kernel's, so
 
 Bucket indices repeat `histogram_pb`'s float64 arithmetic exactly:
 `floor((float64(x) - min) / width)`. The divisor is a 0-dim tensor on the device,
-not a Python number: torch turns division by a host scalar into multiplication by
-its reciprocal, which rounds differently.
+not a Python number: for a host scalar divisor, torch's CUDA division kernel
+(`div_true_kernel_cuda` in aten/src/ATen/native/cuda/BinaryDivTrueKernel.cu)
+multiplies by the reciprocal instead, which can round differently.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def scan_buckets_torch(
         return BucketCounts(torch.zeros(buckets, dtype=torch.int64).numpy())
     device = flat.device
     low = torch.tensor(moments.min, dtype=torch.float64, device=device)
-    width = (torch.tensor(moments.max, dtype=torch.float64, device=device) - low) / buckets
+    # The width is computed on the host, as `histogram_pb` computes it: on CUDA,
+    # dividing a tensor by the Python number `buckets` would multiply by 1 / buckets.
+    width = torch.tensor((moments.max - moments.min) / buckets, dtype=torch.float64, device=device)
     mean = torch.tensor(moments.total / moments.finite, dtype=torch.float64, device=device)
     counts = torch.zeros(buckets + 1, dtype=torch.int64, device=device)
     squares = torch.zeros((), dtype=torch.float64, device=device)
