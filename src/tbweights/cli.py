@@ -8,16 +8,20 @@ stdout; progress, warnings and errors to stderr. A known error prints one
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from tbweights import __version__
 from tbweights.checkpoints import LoadOptions
 from tbweights.cli_output import Output, print_show_table
-from tbweights.convert import convert, describe
+from tbweights.convert import MAX_STEP, convert, describe
 from tbweights.errors import TbweightsError
 from tbweights.stats import DEFAULT_BUCKETS, DEFAULT_FIRST
+from tbweights.writer import MAX_BUCKETS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -37,62 +41,127 @@ examples:
 """
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+def _integer(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _integer(text, 1, MAX_BUCKETS)
 
 
 def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return _integer(text, 0, MAX_STEP)
+
+
+def expand_globs(patterns: Sequence[str]) -> list[str]:
+    """Expand glob patterns that the shell left alone (quoted, or on Windows)."""
+    paths: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) and not os.path.exists(pattern) else []
+        paths.extend(matches or [pattern])
+    return paths
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--first", type=_non_negative, default=DEFAULT_FIRST, metavar="N",
-                        help=f"number of first values to show per tensor, row-major (default {DEFAULT_FIRST})")
-    parser.add_argument("--include", action="append", default=[], metavar="PATTERN",
-                        help="only tensors whose name matches this glob pattern (repeatable)")
-    parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                        help="leave out tensors whose name matches this glob pattern (repeatable)")
-    parser.add_argument("--include-optimizer", action="store_true",
-                        help="also read optimizer and scheduler state from training checkpoints")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow loaders that can run code from the file (full pickles, "
-                        "TorchScript, NumPy object arrays); only for files you trust")
+    parser.add_argument(
+        "--first",
+        type=_non_negative,
+        default=DEFAULT_FIRST,
+        metavar="N",
+        help=f"number of first values to show per tensor, row-major (default {DEFAULT_FIRST})",
+    )
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only tensors whose name matches this glob pattern (repeatable)",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out tensors whose name matches this glob pattern (repeatable)",
+    )
+    parser.add_argument(
+        "--include-optimizer",
+        action="store_true",
+        help="also read optimizer and scheduler state from training checkpoints",
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow loaders that can run code from the file (full pickles, "
+        "TorchScript, NumPy object arrays); only for files you trust",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress or warnings on stderr")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tbweights", description="See neural-network weights in TensorBoard.")
+    parser = argparse.ArgumentParser(
+        prog="tbweights", description="See neural-network weights in TensorBoard."
+    )
     parser.add_argument("--version", action="version", version=f"tbweights {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    conv = commands.add_parser("convert", help="write checkpoints as steps of a TensorBoard run",
-                               description="Write the weights of checkpoint files to a TensorBoard log directory.",
-                               epilog=_CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    conv = commands.add_parser(
+        "convert",
+        help="write checkpoints as steps of a TensorBoard run",
+        description="Write the weights of checkpoint files to a TensorBoard log directory.",
+        epilog=_CONVERT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     conv.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files or folders")
     conv.add_argument("--logdir", required=True, metavar="DIR", help="TensorBoard log directory to write to")
-    conv.add_argument("--step", type=_non_negative, default=None, metavar="N", help="step of the first checkpoint (see 'steps' below)")
-    conv.add_argument("--buckets", type=_positive, default=DEFAULT_BUCKETS, metavar="K",
-                      help=f"histogram buckets per tensor (default {DEFAULT_BUCKETS}, as tf.summary.histogram)")
-    conv.add_argument("--jobs", "-j", type=_positive, default=1, metavar="N",
-                      help="summarize up to N checkpoints at once in worker processes; "
-                      "the run written is the same as with one (default 1)")
+    conv.add_argument(
+        "--step",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help="step of the first checkpoint (see 'steps' below)",
+    )
+    conv.add_argument(
+        "--buckets",
+        type=_positive,
+        default=DEFAULT_BUCKETS,
+        metavar="K",
+        help=f"histogram buckets per tensor (default {DEFAULT_BUCKETS}, as tf.summary.histogram)",
+    )
+    conv.add_argument(
+        "--jobs",
+        "-j",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="summarize up to N checkpoints at once in worker processes; "
+        "the run written is the same as with one (default 1)",
+    )
     _add_common(conv)
 
-    show = commands.add_parser("show", help="print each tensor's statistics and first values",
-                               description="Print one row per tensor: name, shape, dtype, statistics, first values.")
+    show = commands.add_parser(
+        "show",
+        help="print each tensor's statistics and first values",
+        description="Print one row per tensor: name, shape, dtype, statistics, first values.",
+    )
     show.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or folder")
     _add_common(show)
 
-    demo = commands.add_parser("demo", help="log a built-in 784-128-10 MLP at step 0",
-                               description="Write the initial weights of a built-in MLP, to try tbweights and TensorBoard.")
-    demo.add_argument("--logdir", default="runs/demo", metavar="DIR", help="log directory (default runs/demo)")
+    demo = commands.add_parser(
+        "demo",
+        help="log a built-in 784-128-10 MLP at step 0",
+        description="Write the initial weights of a built-in MLP, to try tbweights and TensorBoard.",
+    )
+    demo.add_argument(
+        "--logdir", default="runs/demo", metavar="DIR", help="log directory (default runs/demo)"
+    )
     demo.add_argument("--quiet", "-q", action="store_true", help=argparse.SUPPRESS)
     demo.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -103,25 +172,43 @@ def _load_options(args: argparse.Namespace) -> LoadOptions:
 
 
 def run_convert(args: argparse.Namespace, out: Output) -> int:
+    checkpoints = expand_globs(args.checkpoints)
     with out.progress() as progress:
         report = convert(
-            args.checkpoints, args.logdir, start_step=args.step, load_options=_load_options(args),
-            first=args.first, buckets=args.buckets, include=args.include, exclude=args.exclude, jobs=args.jobs,
-            on_checkpoint=progress.start_checkpoint, on_tensor=progress.advance,
+            checkpoints,
+            args.logdir,
+            start_step=args.step,
+            load_options=_load_options(args),
+            first=args.first,
+            buckets=args.buckets,
+            include=args.include,
+            exclude=args.exclude,
+            jobs=args.jobs,
+            on_checkpoint=progress.start_checkpoint,
+            on_tensor=progress.advance,
         )
+    if report.step_warning:
+        out.warn(report.step_warning)
+    skipped_tensors = 0
     for path, step_report in report.steps:
         out.result(f"step {step_report.step}: {len(step_report.results)} tensors from {path}")
+        if not step_report.results and not step_report.skipped:
+            out.warn(f"no tensor in {path} matched the --include/--exclude patterns")
         for skipped in step_report.skipped:
             out.warn(f"skipped tensor {skipped.name!r} in {path}: {skipped.reason}")
+        skipped_tensors += len(step_report.skipped)
     for failed in report.failed:
+        if args.debug and failed.error is not None:
+            out.debug("".join(traceback.format_exception(failed.error)))
         out.error(failed.reason)
-    out.result(f"wrote {len(report.steps)} step(s) to {report.event_file}")
     if report.steps:
+        out.result(f"wrote {len(report.steps)} step(s) to {report.event_file}")
         out.result(f"open it with: tensorboard --logdir {report.logdir}")
     if report.failed:
-        out.error(f"{len(report.failed)} of {len(args.checkpoints)} checkpoint(s) skipped; see the errors above")
-        return EXIT_ERROR
-    return 0
+        out.error(f"{len(report.failed)} of {len(checkpoints)} checkpoint(s) skipped; see the errors above")
+    if skipped_tensors:
+        out.error(f"{skipped_tensors} tensor(s) skipped; see the warnings above")
+    return EXIT_ERROR if report.failed or skipped_tensors else 0
 
 
 def run_show(args: argparse.Namespace, out: Output) -> int:
@@ -150,8 +237,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output(quiet=args.quiet)
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="warning: %(message)s")
+    # The CLI reports skipped tensors itself, with the file's name.
+    logging.getLogger("tbweights.writer").setLevel(logging.ERROR)
     try:
         return _COMMANDS[args.command](args, out)
+    except BrokenPipeError:
+        # The reader of stdout went away (`tbweights show x | head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
     except TbweightsError as error:
         if args.debug:
             raise

@@ -44,6 +44,9 @@ class Output:
         if not self.quiet:
             print(f"warning: {line}", file=sys.stderr)
 
+    def debug(self, text: str) -> None:
+        print(text, file=sys.stderr, end="")
+
     def error(self, line: str) -> None:
         print(f"error: {line}", file=sys.stderr)
 
@@ -63,14 +66,25 @@ def print_show_table(rows: Iterable[tuple[NamedTensor, TensorStats | str]], out:
     for tensor, stats in rows:
         if isinstance(stats, str):
             failures += 1
-            out.warn(f"skipped tensor {tensor.name!r} ({tensor.dtype}, shape {fmt_shape(tensor.shape)}): {stats}")
+            out.warn(
+                f"skipped tensor {tensor.name!r} ({tensor.dtype}, shape {fmt_shape(tensor.shape)}): {stats}"
+            )
             continue
-        table.append([
-            tensor.name, fmt_shape(tensor.shape), tensor.dtype, fmt(stats.mean), fmt(stats.std),
-            fmt(stats.min), fmt(stats.max), str(stats.nonfinite), fmt_first(stats.first),
-        ])
+        table.append(
+            [
+                tensor.name,
+                fmt_shape(tensor.shape),
+                tensor.dtype,
+                fmt(stats.mean),
+                fmt(stats.std),
+                fmt(stats.min),
+                fmt(stats.max),
+                str(stats.nonfinite),
+                fmt_first(stats.first),
+            ]
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(SHOW_COLUMNS) - 1)]
     for row in table:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]
         out.result("  ".join(cells).rstrip())
     return failures

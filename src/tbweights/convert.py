@@ -13,7 +13,7 @@ from tbweights.checkpoints import LoadOptions, read_checkpoint
 from tbweights.errors import TbweightsError
 from tbweights.stats import TensorStats, compute_stats
 from tbweights.tensors import NamedTensor
-from tbweights.writer import StepReport, WeightWriter, _TENSOR_ERRORS
+from tbweights.writer import _TENSOR_ERRORS, StepReport, WeightWriter
 
 if TYPE_CHECKING:
     from tbweights.convert_parallel import CheckpointOutcome
@@ -21,52 +21,81 @@ if TYPE_CHECKING:
 # `step-500`, `global_step=500`, `iter_500`, `checkpoint-500`, `ckpt-3`, `epoch=4`.
 _STEP_WORD = re.compile(r"(?:global_step|step|steps|iter|iteration|checkpoint|ckpt|epoch)[-_=]?(\d+)", re.I)
 _TRAILING_NUMBER = re.compile(r"[-_.](\d+)$")
+MAX_STEP = 2**63 - 1
 
 
 def step_from_path(path: str | os.PathLike[str]) -> int | None:
-    """The step a checkpoint's name implies, or None.
+    """Read the step that a checkpoint's file or folder name implies, or return None.
 
     The file name is read first, then its folder's: a number after `step`,
     `iter`, `checkpoint`, `ckpt` or `epoch` (the one after `step` wins when
     there are several), else a number that ends the name after `-`, `_` or `.`.
+    Numbers beyond TensorBoard's int64 steps are ignored.
     """
     path = Path(path)
     name = path.name if path.is_dir() else path.name.split(".", 1)[0]
     for part in (name, path.parent.name):
         matches = list(_STEP_WORD.finditer(part))
         preferred = [m for m in matches if "step" in m.group(0).lower()] or matches
-        if preferred:
-            return int(preferred[-1].group(1))
-        trailing = _TRAILING_NUMBER.search(part)
-        if trailing:
-            return int(trailing.group(1))
+        number = preferred[-1].group(1) if preferred else None
+        if number is None:
+            trailing = _TRAILING_NUMBER.search(part)
+            number = trailing.group(1) if trailing else None
+        if number is not None and int(number) <= MAX_STEP:
+            return int(number)
     return None
 
 
-def plan_steps(paths: Sequence[str | os.PathLike[str]], start_step: int | None = None) -> list[int]:
-    """One step per checkpoint: `start_step`, `start_step + 1`, ... if given, else from the names.
+@dataclass(frozen=True)
+class StepPlan:
+    """Checkpoints paired with steps, in the order they are written, and why."""
 
-    A checkpoint whose name has no number gets its position in the list.
+    paths: list[str]
+    steps: list[int]
+    warning: str | None = None
+
+
+def plan_steps(paths: Sequence[str | os.PathLike[str]], start_step: int | None = None) -> StepPlan:
+    """Pair each checkpoint with a step and order them by step.
+
+    With `start_step` the checkpoints get `start_step`, `start_step + 1`, ... in
+    the order given. Otherwise the steps come from the names, sorted ascending
+    (TensorBoard drops data written at a step lower than an earlier one). When a
+    name has no number or two names give the same step, every checkpoint gets its
+    position in the list instead, and the plan says why.
     """
+    names = [os.fspath(p) for p in paths]
     if start_step is not None:
-        return [start_step + index for index in range(len(paths))]
-    steps = []
-    for index, path in enumerate(paths):
-        step = step_from_path(path)
-        steps.append(index if step is None else step)
-    return steps
+        if start_step + len(names) - 1 > MAX_STEP:
+            raise ValueError(f"step {start_step} is too large; steps are 64-bit signed integers")
+        return StepPlan(names, [start_step + i for i in range(len(names))])
+    found = [step_from_path(p) for p in names]
+    missing = [p for p, step in zip(names, found, strict=True) if step is None]
+    duplicates = sorted({s for s in found if s is not None and found.count(s) > 1})
+    if len(names) > 1 and (missing or duplicates):
+        reason = (
+            f"no step number in the name of {missing[0]}"
+            if missing
+            else f"several checkpoints named with step {duplicates[0]}"
+        )
+        warning = f"{reason}; using positions 0..{len(names) - 1} in the order given (set them with --step)"
+        return StepPlan(names, list(range(len(names))), warning)
+    pairs = sorted(zip([s or 0 for s in found], names, strict=True), key=lambda pair: pair[0])
+    return StepPlan([p for _, p in pairs], [s for s, _ in pairs])
 
 
 @dataclass(frozen=True)
 class FailedCheckpoint:
     path: str
     reason: str
+    error: TbweightsError | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
 class ConvertReport:
     logdir: str
     event_file: str | None = None
+    step_warning: str | None = None
     steps: list[tuple[str, StepReport]] = field(default_factory=list)
     failed: list[FailedCheckpoint] = field(default_factory=list)
 
@@ -90,22 +119,23 @@ def convert(
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    report = ConvertReport(logdir=os.fspath(logdir))
-    steps = plan_steps(paths, start_step)
+    plan = plan_steps(paths, start_step)
+    report = ConvertReport(logdir=os.fspath(logdir), step_warning=plan.warning)
     with WeightWriter(logdir, **writer_options) as writer:  # type: ignore[arg-type]
         report.event_file = writer.path
-        for path, step, outcome in zip(paths, steps, _outcomes(paths, load_options, writer, jobs), strict=True):
+        outcomes = _outcomes(plan.paths, load_options, writer, jobs)
+        for path, step, outcome in zip(plan.paths, plan.steps, outcomes, strict=True):
             if on_checkpoint is not None:
-                on_checkpoint(os.fspath(path), step)
+                on_checkpoint(path, step)
             try:
                 if outcome is None:
                     step_report = writer.log_tensors(read_checkpoint(path, load_options), step, on_tensor)
                 else:
                     step_report = writer.log_tensors(outcome.replay(), step, on_tensor, outcome.stats)
             except TbweightsError as error:
-                report.failed.append(FailedCheckpoint(os.fspath(path), str(error)))
+                report.failed.append(FailedCheckpoint(path, str(error), error))
                 continue
-            report.steps.append((os.fspath(path), step_report))
+            report.steps.append((path, step_report))
     return report
 
 

@@ -15,7 +15,7 @@ def demo_model(seed: int = 0) -> dict[str, np.ndarray]:
     """State dict of the demo MLP: `fc1.weight`, `fc1.bias`, `fc2.weight`, `fc2.bias`."""
     rng = np.random.default_rng(seed)
     weights: dict[str, np.ndarray] = {}
-    for index, (fan_in, fan_out) in enumerate(zip(LAYER_SIZES, LAYER_SIZES[1:]), start=1):
+    for index, (fan_in, fan_out) in enumerate(zip(LAYER_SIZES, LAYER_SIZES[1:], strict=False), start=1):
         bound = 1.0 / np.sqrt(fan_in)
         weights[f"fc{index}.weight"] = rng.uniform(-bound, bound, (fan_out, fan_in)).astype(np.float32)
         weights[f"fc{index}.bias"] = rng.uniform(-bound, bound, (fan_out,)).astype(np.float32)

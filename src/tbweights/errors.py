@@ -73,6 +73,5 @@ class MissingDependencyError(TbweightsError):
         self.package = package
         self.extra = extra
         super().__init__(
-            f"{purpose} needs the {package} package; install it with "
-            f"`pip install 'tbweights[{extra}]'`"
+            f"{purpose} needs the {package} package; install it with `pip install 'tbweights[{extra}]'`"
         )

@@ -138,9 +138,7 @@ class BucketCounts:
     squared_deviations: float = 0.0
 
     def merge(self, other: BucketCounts) -> BucketCounts:
-        return BucketCounts(
-            self.counts + other.counts, self.squared_deviations + other.squared_deviations
-        )
+        return BucketCounts(self.counts + other.counts, self.squared_deviations + other.squared_deviations)
 
 
 @dataclass(frozen=True)

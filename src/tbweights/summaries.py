@@ -18,9 +18,7 @@ from tensorboard.util import tensor_util
 from tbweights.stats import TensorStats
 from tbweights.tensors import NamedTensor
 
-_HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(
-    display_name=None, description=None
-)
+_HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(display_name=None, description=None)
 _TEXT_METADATA = text_metadata.create_summary_metadata(display_name=None, description=None)
 _SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name=None, description=None)
 

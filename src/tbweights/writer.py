@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +22,10 @@ from tbweights.tags import OVERVIEW_TAG, TagAllocator
 from tbweights.tensors import NamedTensor
 
 logger = logging.getLogger(__name__)
+
+# Each bucket costs 24 bytes per tensor and step on disk, and TensorBoard's UI
+# re-bins every histogram to 30 buckets, so more than this only bloats the file.
+MAX_BUCKETS = 10_000
 
 # Errors that stop one tensor but not the step: the tensor is reported as skipped.
 _TENSOR_ERRORS = (TbweightsError, TypeError, ValueError, RuntimeError, OSError, MemoryError)
@@ -45,10 +50,14 @@ class SummaryOptions:
     include_buffers: bool = False
 
     def __post_init__(self) -> None:
+        for option in ("first", "buckets"):
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{option} must be an int, got {value!r}")
         if self.first < 0:
             raise ValueError(f"first must be 0 or more, got {self.first}")
-        if self.buckets < 1:
-            raise ValueError(f"buckets must be at least 1, got {self.buckets}")
+        if not 1 <= self.buckets <= MAX_BUCKETS:
+            raise ValueError(f"buckets must be between 1 and {MAX_BUCKETS}, got {self.buckets}")
 
     def selects(self, name: str) -> bool:
         """Glob patterns (`fnmatch`) on the original name; exclude wins over include."""
@@ -80,6 +89,11 @@ class StepReport:
     skipped: list[Skipped] = field(default_factory=list)
 
 
+def _patterns(patterns: str | Sequence[str]) -> tuple[str, ...]:
+    """Take one pattern string as one pattern, not as a sequence of characters."""
+    return (patterns,) if isinstance(patterns, str) else tuple(patterns)
+
+
 class WeightWriter:
     """Writes weight summaries to one TensorBoard run, at as many steps as you like.
 
@@ -93,8 +107,8 @@ class WeightWriter:
         *,
         first: int = DEFAULT_FIRST,
         buckets: int = DEFAULT_BUCKETS,
-        include: Sequence[str] = (),
-        exclude: Sequence[str] = (),
+        include: str | Sequence[str] = (),
+        exclude: str | Sequence[str] = (),
         include_buffers: bool = False,
         sink: SummarySink | None = None,
         filename_suffix: str = "",
@@ -102,8 +116,8 @@ class WeightWriter:
         self.options = SummaryOptions(
             first=first,
             buckets=buckets,
-            include=tuple(include),
-            exclude=tuple(exclude),
+            include=_patterns(include),
+            exclude=_patterns(exclude),
             include_buffers=include_buffers,
         )
         if (logdir is None) == (sink is None):
@@ -146,6 +160,26 @@ class WeightWriter:
         self._sink.flush()
         return report
 
+    def log_stats(
+        self,
+        computed: Iterable[tuple[NamedTensor, TensorStats]],
+        step: int = 0,
+        skipped: Iterable[Skipped] = (),
+    ) -> StepReport:
+        """Write statistics computed elsewhere (for example across processes) at `step`.
+
+        Include and exclude patterns are not applied here: the caller selected the tensors.
+        """
+        report = StepReport(step=step, skipped=list(skipped))
+        for tensor, stats in computed:
+            histogram_tag, text_tag = self._tags.tags(tensor.name)
+            result = TensorResult(tensor, stats, histogram_tag, text_tag)
+            self._write_tensor(step, result)
+            report.results.append(result)
+        self._write_overview(report)
+        self._sink.flush()
+        return report
+
     def _summarize(
         self,
         tensor: NamedTensor,
@@ -168,9 +202,7 @@ class WeightWriter:
     def _write_tensor(self, step: int, result: TensorResult) -> None:
         values = [
             summaries.histogram_value(result.histogram_tag, result.stats.histogram),
-            summaries.text_value(
-                result.text_tag, summaries.tensor_markdown(result.tensor, result.stats)
-            ),
+            summaries.text_value(result.text_tag, summaries.tensor_markdown(result.tensor, result.stats)),
         ]
         self._sink.write_summary(step, values)
 
@@ -204,5 +236,9 @@ def log_weights(model: Any, logdir: str | os.PathLike[str], step: int = 0, **opt
     Options are those of `WeightWriter`: `first`, `buckets`, `include`, `exclude`,
     `include_buffers`.
     """
+    walk = WalkOptions(include_buffers=bool(options.get("include_buffers", False)))
+    tensors = named_tensors(model, walk)
+    first = next(tensors, None)  # an unsupported model raises here, before a file exists
     with WeightWriter(logdir, **options) as writer:
-        return writer.log(model, step)
+        head = [] if first is None else [first]
+        return writer.log_tensors(itertools.chain(head, tensors), step)

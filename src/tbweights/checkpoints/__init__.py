@@ -41,11 +41,21 @@ class Format:
     sniff: Callable[[Path, bytes], bool]
     read: Callable[[Path, LoadOptions], Iterator[NamedTensor]]
     suffixes: tuple[str, ...] = ()
+    # For formats named by a path that is not itself a file, such as the
+    # TensorFlow checkpoint prefix `ckpt-3` beside `ckpt-3.index`.
+    sniff_prefix: Callable[[Path], bool] | None = None
 
 
 # Modules that define a module-level `FORMAT`; the order is the order of sniffing.
+# Directory formats come first: the `.metadata` file of a distributed checkpoint is a pickle.
 _FORMAT_MODULES: tuple[str, ...] = (
+    "tbweights.checkpoints.sharded",
+    "tbweights.checkpoints.dcp",
     "tbweights.checkpoints.safetensors",
+    "tbweights.checkpoints.keras_archive",
+    "tbweights.checkpoints.keras_weights",
+    "tbweights.checkpoints.keras_legacy",
+    "tbweights.checkpoints.tensorflow",
     "tbweights.checkpoints.numpy",
     "tbweights.checkpoints.torch",
 )
@@ -74,14 +84,17 @@ def read_head(path: Path) -> bytes:
 def detect(path: str | os.PathLike[str]) -> Format:
     """The format of the checkpoint at `path`, or a `CheckpointError` saying why none fits."""
     path = Path(path)
+    if not path.exists():
+        for fmt in formats():
+            if fmt.sniff_prefix is not None and fmt.sniff_prefix(path):
+                return fmt
     head = read_head(path)
     if path.is_file() and not head:
         raise CheckpointError(path, "the file is empty")
     if head.startswith(_LFS_POINTER):
         raise CheckpointError(
             path,
-            "this is a Git LFS pointer, not the checkpoint itself; "
-            "fetch the real file with `git lfs pull`",
+            "this is a Git LFS pointer, not the checkpoint itself; fetch the real file with `git lfs pull`",
         )
     known = formats()
     for fmt in known:

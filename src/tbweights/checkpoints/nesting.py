@@ -73,7 +73,11 @@ def weight_tensors(
     """The named weight tensors of a loaded checkpoint object."""
     if not isinstance(tree, Mapping):
         return list(flatten(tree, is_tensor, "tensor." if is_tensor(tree) else ""))
-    found = None if _is_state_dict(tree, is_tensor) and not _only_nested(tree, is_tensor) else _find_weights(tree, is_tensor)
+    found = (
+        None
+        if _is_state_dict(tree, is_tensor) and not _only_nested(tree, is_tensor)
+        else _find_weights(tree, is_tensor)
+    )
     if found is not None:
         key, sub = found
         pairs = _strip_module_prefix(list(flatten(sub, is_tensor)))

@@ -30,13 +30,15 @@ def _sniff(path: Path, head: bytes) -> bool:
     return bool(names) and all(name.endswith(".npy") for name in names)
 
 
-def _load_npy(path: Path, source: object, name: str, options: LoadOptions) -> np.ndarray:
+def _load_npy(path: Path, source: Path, name: str, options: LoadOptions) -> np.ndarray:
     try:
-        return np.load(source, mmap_mode="r" if isinstance(source, Path) else None, allow_pickle=options.trust)  # type: ignore[arg-type]
+        array: np.ndarray = np.load(source, mmap_mode="r", allow_pickle=options.trust)
+        return array
     except ValueError as error:
         if "allow_pickle" in str(error):
             raise UnsafeCheckpointError(
-                path, f"array {name!r} holds Python objects, and loading them runs code from the file; {TRUST_HINT}"
+                path,
+                f"array {name!r} holds Python objects, and loading them runs code from the file; {TRUST_HINT}",
             ) from None
         raise CheckpointError(path, f"array {name!r} cannot be read: {error}") from None
 
@@ -62,22 +64,36 @@ def _head(path: Path) -> bytes:
 
 def _lazy_member(path: Path, archive: np.lib.npyio.NpzFile, member: str) -> NamedTensor:
     # Shape and dtype come from the member's .npy header without reading its data.
+    if archive.zip is None:
+        raise CheckpointError(path, "the .npz archive was closed while reading it")
     with archive.zip.open(member + ".npy") as stream:
         major, _ = np.lib.format.read_magic(stream)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        read_header = (
+            np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        )
         shape, _, dtype = read_header(stream)
 
     def load() -> np.ndarray:
         try:
             return archive[member]
-        except ValueError as error:
-            raise UnsafeCheckpointError(path, f"array {member!r} holds Python objects; {TRUST_HINT}") from None
+        except ValueError:
+            raise UnsafeCheckpointError(
+                path, f"array {member!r} holds Python objects; {TRUST_HINT}"
+            ) from None
 
-    return NamedTensor(name=member, shape=tuple(shape), dtype=str(dtype), load=load, role=guess_role(member, len(shape)))
+    return NamedTensor(
+        name=member, shape=tuple(shape), dtype=str(dtype), load=load, role=guess_role(member, len(shape))
+    )
 
 
 def _record(name: str, array: np.ndarray) -> NamedTensor:
-    return NamedTensor(name=name, shape=tuple(array.shape), dtype=str(array.dtype), load=lambda: array, role=guess_role(name, array.ndim))
+    return NamedTensor(
+        name=name,
+        shape=tuple(array.shape),
+        dtype=str(array.dtype),
+        load=lambda: array,
+        role=guess_role(name, array.ndim),
+    )
 
 
 FORMAT = Format(name="numpy", sniff=_sniff, read=_read, suffixes=(".npy", ".npz"))

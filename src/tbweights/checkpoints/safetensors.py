@@ -91,7 +91,8 @@ def _entries(path: Path, header: dict[str, Any], data_start: int) -> list[tuple[
             raise CheckpointError(path, f"tensor {name!r} has a malformed header entry: {info!r}") from None
         if data_start + end > size or begin > end:
             raise CheckpointError(
-                path, f"tensor {name!r} ends at byte {data_start + end} past the file's {size} bytes; the file is truncated"
+                path,
+                f"tensor {name!r} ends at byte {data_start + end} past the file's {size} bytes; the file is truncated",
             )
         entries.append((name, {"begin": begin, "end": end, "dtype": dtype_code, "shape": shape}))
     entries.sort(key=lambda item: item[1]["begin"])
@@ -115,7 +116,9 @@ def _span(array: np.ndarray) -> tuple[int, int]:
     return array.ctypes.data, array.nbytes
 
 
-def _record(path: Path, mapped: mmap.mmap | None, data_start: int, name: str, entry: dict[str, Any]) -> NamedTensor:
+def _record(
+    path: Path, mapped: mmap.mmap | None, data_start: int, name: str, entry: dict[str, Any]
+) -> NamedTensor:
     code, shape = entry["dtype"], entry["shape"]
 
     def load() -> np.ndarray:
@@ -124,13 +127,17 @@ def _record(path: Path, mapped: mmap.mmap | None, data_start: int, name: str, en
             raise CheckpointError(path, f"tensor {name!r} has dtype {code}, which tbweights cannot read")
         count = int(np.prod(shape, dtype=np.int64))
         if count * dtype.itemsize != entry["end"] - entry["begin"]:
-            raise CheckpointError(path, f"tensor {name!r}: shape {shape} and dtype {code} do not match its byte size")
+            raise CheckpointError(
+                path, f"tensor {name!r}: shape {shape} and dtype {code} do not match its byte size"
+            )
         if count == 0 or mapped is None:
             return np.zeros(shape, dtype=dtype)
         array = np.frombuffer(mapped, dtype=dtype, count=count, offset=data_start + entry["begin"])
         return array.reshape(shape)
 
-    return NamedTensor(name=name, shape=shape, dtype=_dtype_name(code), load=load, role=guess_role(name, len(shape)))
+    return NamedTensor(
+        name=name, shape=shape, dtype=_dtype_name(code), load=load, role=guess_role(name, len(shape))
+    )
 
 
 def _dtype_name(code: str) -> str:

@@ -43,7 +43,9 @@ def _sniff(path: Path, head: bytes) -> bool:
 
 
 def _is_torchscript(members: list[str]) -> bool:
-    return any(name.endswith("constants.pkl") for name in members) and any("/code/" in name for name in members)
+    return any(name.endswith("constants.pkl") for name in members) and any(
+        "/code/" in name for name in members
+    )
 
 
 def _import_torch() -> Any:
@@ -64,7 +66,8 @@ def load_object(path: Path, options: LoadOptions) -> Any:
     if _is_torchscript(members):
         if not options.trust:
             raise UnsafeCheckpointError(
-                path, f"this is a TorchScript archive; loading it runs code from the file; pass {TRUST_FLAG} to allow it"
+                path,
+                f"this is a TorchScript archive; loading it runs code from the file; pass {TRUST_FLAG} to allow it",
             )
         module = torch.jit.load(str(path), map_location="cpu")
         return module.state_dict()
@@ -74,7 +77,9 @@ def load_object(path: Path, options: LoadOptions) -> Any:
         raise _unpickling_error(path, error) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(path, f"torch.load failed ({message}); the file is corrupt, truncated or not a PyTorch checkpoint") from None
+        raise CheckpointError(
+            path, f"torch.load failed ({message}); the file is corrupt, truncated or not a PyTorch checkpoint"
+        ) from None
 
 
 def _is_mapped(path: Path) -> bool:
@@ -97,7 +102,9 @@ def _unpickling_error(path: Path, error: Exception) -> CheckpointError:
             f"torch.serialization.add_safe_globals([{name}]) first",
         )
     first = text.strip().splitlines()[0] if text.strip() else "unpickling failed"
-    return UnsafeCheckpointError(path, f"safe loading rejected the file ({first}); pass {TRUST_FLAG} if you trust it")
+    return UnsafeCheckpointError(
+        path, f"safe loading rejected the file ({first}); pass {TRUST_FLAG} if you trust it"
+    )
 
 
 def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
@@ -132,7 +139,12 @@ def _span(tensor: Any) -> tuple[int, int]:
 
 def _storage_key(tensor: Any) -> tuple[int, int, tuple[int, ...], Any] | None:
     try:
-        return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        return (
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tuple(tensor.shape),
+            tensor.dtype,
+        )
     except (RuntimeError, NotImplementedError):
         return None
 

@@ -20,7 +20,9 @@ from tbweights.tensors import NamedTensor
 # (module that must already be imported, our adapter module), most specific first:
 # Keras 3 models also hold backend tensors, so Keras is asked before torch and TF.
 _ADAPTERS: tuple[tuple[str, str], ...] = (
+    ("keras", "tbweights.frameworks.keras"),
     ("torch", "tbweights.frameworks.torch"),
+    ("tensorflow", "tbweights.frameworks.tensorflow"),
 )
 _NUMPY_ADAPTER = "tbweights.frameworks.numpy"
 

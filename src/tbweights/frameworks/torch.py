@@ -6,6 +6,7 @@ one tensor at a time, and only a tensor that is not on the CPU is copied there.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,11 @@ def dtype_name(dtype: torch.dtype) -> str:
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A NumPy view of a CPU tensor (a copy only for other devices or layouts)."""
     tensor = tensor.detach()
+    if is_dtensor(tensor):
+        raise TypeError(
+            "this is a DTensor sharded across processes; summarize the model with "
+            "tbweights.distributed.log_weights_distributed on every rank"
+        )
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()
     if not tensor.is_contiguous():
@@ -53,6 +59,11 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
         array: np.ndarray = tensor.view(integer_type).numpy().view(numpy_type)
         return array
     return tensor.numpy()
+
+
+def is_dtensor(tensor: torch.Tensor) -> bool:
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)
 
 
 def accepts_model(obj: Any) -> bool:
