@@ -90,7 +90,7 @@ class Upcaster:
                 index = self._index[:n]
                 np.copyto(index, codes)
                 codes = index
-            np.take(_table(self.source), codes, out=out, mode="clip")
+            np.take(_table(self.source), codes, out=out, mode="clip")  # type: ignore[call-overload]
             return out
         source = part.view(np.uint8) if part.dtype == np.bool_ else part
         np.copyto(out, source, casting="unsafe")
