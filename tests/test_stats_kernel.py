@@ -133,3 +133,22 @@ def test_partials_merge_like_one_pass() -> None:
     np.testing.assert_array_equal(merged.histogram, whole.histogram)
     assert merged.std == pytest.approx(whole.std, rel=1e-6)
     assert isinstance(moments, Moments)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([1e38, -3e38, 1.5, 0.0], dtype=np.float32),  # the range overflows float32
+        np.array([0.0, 1e-44, 3e-45, 7e-45], dtype=np.float32),  # subnormal range
+        np.array([1.0, np.nextafter(np.float32(1), np.float32(2))], dtype=np.float32),
+    ],
+    ids=["huge range", "subnormal range", "one ulp"],
+)
+def test_extreme_ranges_match_histogram_pb(values: np.ndarray) -> None:
+    result = compute_stats(values, buckets=7)
+    np.testing.assert_array_equal(result.histogram, reference(values, 7))
+    exact = values.astype(np.float64)
+    assert result.mean == pytest.approx(exact.mean(), rel=1e-6)
+    if exact.std() > 1e-6 * np.abs(exact).max():
+        # A spread below float32 resolution of the mean is lost by float32 sums.
+        assert result.std == pytest.approx(exact.std(), rel=1e-6)

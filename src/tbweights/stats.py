@@ -1,10 +1,10 @@
 """The numeric kernel: statistics, first values and histogram of one tensor.
 
-Two streaming passes over bounded chunks: the first finds the count, the
-non-finite counts, zeros, min, max and sum; the second buckets the finite values
-between min and max and sums the squared deviations from the mean. Bucket edges
-depend on the global min and max, which is why there are two passes; each chunk
-is upcast into a reused buffer, so extra memory is O(chunk + buckets) per thread
+Two streaming passes run over bounded chunks. The first finds the count, the
+non-finite counts, zeros, min, max and sum. The second buckets the finite values
+between min and max and sums the squared deviations from the mean. Two passes are
+needed because the bucket edges depend on the global min and max. Each chunk is
+upcast into a reused buffer, so extra memory is O(chunk + buckets) per thread
 whatever the tensor's size. The bucket counts match TensorBoard's `histogram_pb`
 exactly on finite input (`stats_chunks` says how the float32 fast path keeps that).
 
@@ -45,14 +45,12 @@ _T = TypeVar("_T")
 
 DEFAULT_BUCKETS = 30
 DEFAULT_FIRST = 5
-# 128 Ki elements: the scratch buffers of one thread (about 2 MiB) stay near the
-# cache; measured faster than 32 Ki and 64 Ki chunks (docs/benchmarks.md).
+# 128 Ki elements: the scratch buffers of one thread take about 2 MiB. In CPU time
+# per element this measured faster than 32 Ki and 64 Ki chunks on a 2-CPU AMD EPYC.
 CHUNK_ELEMENTS = 1 << 17
 # Tensors of at least this many elements are split across threads (NumPy releases
 # the GIL inside its loops); smaller ones are not worth the hand-off.
 THREAD_MIN_ELEMENTS = 1 << 20
-# Kept for callers that test dtypes: the floating types NumPy lacks or has only as float16.
-_SMALL_FLOATS = SMALL_FLOATS
 
 
 def thread_count() -> int:
@@ -246,9 +244,12 @@ def scan_buckets(
 def _buckets_of(flat: np.ndarray, moments: Moments, buckets: int, chunk: int) -> BucketCounts:
     size = min(chunk, max(flat.size, 1))
     work = work_dtype(flat.dtype)
-    bucketer = (FloatBucketer if work == np.float32 else ExactBucketer)(moments.min, moments.max, buckets, size)
-    counter = PackedCounter(buckets + 1, size, work)
-    scratch = np.empty(size, dtype=work)
+    fast = work == np.float32 and FloatBucketer.handles(moments.min, moments.max)
+    bucketer = (FloatBucketer if fast else ExactBucketer)(moments.min, moments.max, buckets, size)
+    counter = PackedCounter(buckets + 1, size, np.dtype(np.float32 if fast else np.float64))
+    # Squares of float32 deviations overflow or underflow outside this range of spreads.
+    float32_squares = work == np.float32 and 2.0**-50 <= moments.max - moments.min <= 2.0**50
+    scratch = np.empty(size, dtype=np.float32 if float32_squares else np.float64)
     mean = moments.total / moments.finite
     squares = 0.0
     has_nonfinite = moments.finite != moments.count
@@ -294,7 +295,8 @@ def finish(
     """Assemble the final statistics from (possibly merged) partial results."""
     has_finite = moments.finite > 0
     mean = moments.total / moments.finite if has_finite else None
-    std = math.sqrt(counts.squared_deviations / moments.finite) if has_finite else None
+    # max(): the rounding correction in `squared_deviations` can leave a tiny negative sum.
+    std = math.sqrt(max(counts.squared_deviations, 0.0) / moments.finite) if has_finite else None
     return TensorStats(
         count=moments.count,
         nan=moments.nan,

@@ -1,7 +1,7 @@
 """Statistics of a torch tensor computed where it lives, with torch kernels.
 
-For a tensor on a GPU (or any non-CPU device) copying it to the host would cost
-more than summarizing it: here both passes run on the device, chunk by chunk, and
+For a tensor on a GPU (or any non-CPU device), copying it to the host would cost
+more than summarizing it. Here both passes run on the device, chunk by chunk, and
 only a few scalars, the bucket counts and the first values travel to the host.
 The results are the same `Moments` / `BucketCounts` as the NumPy kernel's, so
 `stats.finish` assembles them, and shards merge the same way.
