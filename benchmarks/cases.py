@@ -9,7 +9,6 @@ prints one JSON line: the times, the RSS after setup and the peak RSS above it.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time

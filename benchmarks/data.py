@@ -22,7 +22,9 @@ def tensor(elements: int, seed: int = SEED) -> np.ndarray:
     return values
 
 
-def gpt2_shapes(layers: int = 12, width: int = 768, vocab: int = 50257, context: int = 1024) -> dict[str, tuple[int, ...]]:
+def gpt2_shapes(
+    layers: int = 12, width: int = 768, vocab: int = 50257, context: int = 1024
+) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of a GPT-2 (Hugging Face `transformers` naming, Conv1D layout).
 
     The defaults are GPT-2 small: 124,439,808 parameters, 148 tensors (the output
@@ -89,8 +91,9 @@ def torch_model(scale: str) -> Any:
 def many_tensors(count: int) -> dict[str, np.ndarray]:
     """`count` small tensors (64 to 4096 elements), for the event-writing case."""
     rng = np.random.default_rng(SEED)
-    return {f"layer{i // 4}.part{i % 4}.weight": rng.standard_normal(64 << (i % 7), dtype=np.float32)
-            for i in range(count)}
+    return {
+        f"layer{i // 4}.part{i % 4}.weight": rng.standard_normal(64 << (i % 7), dtype=np.float32) for i in range(count)
+    }
 
 
 def checkpoint_shapes(scale: str, dtype: str) -> dict[str, tuple[int, ...]]:

@@ -93,8 +93,13 @@ class Runner:
         spec = {**spec, "repeat": spec.get("repeat", self.repeat)}
         command = [python, str(HERE / "cases.py"), json.dumps(spec)]
         outcome, wall, max_rss = self.spawn(command)
-        row = {**spec, "label": label, "command": " ".join(command[1:2]) + f" '{json.dumps(spec)}'",
-               "max_rss_mib": max_rss, "wall_s": wall}
+        row = {
+            **spec,
+            "label": label,
+            "command": " ".join(command[1:2]) + f" '{json.dumps(spec)}'",
+            "max_rss_mib": max_rss,
+            "wall_s": wall,
+        }
         if outcome.returncode != 0:
             row["error"] = (outcome.stderr.strip().splitlines() or ["failed"])[-1]
         else:
@@ -108,7 +113,7 @@ class Runner:
 
         A child's max RSS counts the memory of the process it was forked from until
         it calls exec, so the command is started by a small launcher process
-        (`python -S`, about 10 MiB) rather than by this one, which holds torch.
+        (`python -S`, about 10 MiB) rather than by this one, which has imported torch.
         """
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             launcher = [sys.executable, "-S", "-c", _LAUNCHER, json.dumps(command)]
@@ -119,8 +124,9 @@ class Runner:
             err.seek(0)
             stderr_lines = err.read().splitlines()
             usage = json.loads(stderr_lines.pop()) if finished.returncode == 0 and stderr_lines else {}
-            outcome = subprocess.CompletedProcess(command, usage.get("returncode", finished.returncode),
-                                                  out.read(), "\n".join(stderr_lines))
+            outcome = subprocess.CompletedProcess(
+                command, usage.get("returncode", finished.returncode), out.read(), "\n".join(stderr_lines)
+            )
         return outcome, usage.get("wall_s", wall), usage.get("max_rss_kib", float("nan")) / 1024
 
     def skip(self, spec: dict[str, Any], label: str, reason: str) -> None:
@@ -139,8 +145,14 @@ class Runner:
                 error = (outcome.stderr.strip().splitlines() or ["failed"])[-1]
             walls.append(wall)
             rss.append(max_rss)
-        row = {**spec, "label": label, "command": " ".join(command), "times_s": walls,
-               "median_s": statistics.median(walls), "max_rss_mib": max(rss)}
+        row = {
+            **spec,
+            "label": label,
+            "command": " ".join(command),
+            "times_s": walls,
+            "median_s": statistics.median(walls),
+            "max_rss_mib": max(rss),
+        }
         if error:
             row["error"] = error
         self.results.append(row)
@@ -166,8 +178,12 @@ def run_model_cases(runner: Runner, scale: str) -> None:
         label = f"GPT-2 model ({scale}) at one step"
         need = 69 * largest + (2 << 30)
         if tool == "tf" and _available_bytes() < need:
-            runner.skip(spec, label, f"not run: the largest tensor would need about {need / 2**30:.0f} GiB "
-                        f"(69 x its size, measured at 16M elements) and {_available_bytes() / 2**30:.0f} GiB are free")
+            runner.skip(
+                spec,
+                label,
+                f"not run: the largest tensor would need about {need / 2**30:.0f} GiB "
+                f"(69 x its size, measured at 16M elements) and {_available_bytes() / 2**30:.0f} GiB are free",
+            )
             continue
         runner.case(spec, label)
 
@@ -196,8 +212,12 @@ def run_convert_cases(runner: Runner, scale: str, folder: Path, kinds: list[str]
     python = runner.python
     repeat = 3 if scale == "full" else 1
     runner.timed_command({"case": "startup", "tool": "python"}, "interpreter start-up", [python, "-c", "pass"], repeat)
-    runner.timed_command({"case": "startup", "tool": "import"}, "python -c 'import tbweights.cli'",
-                         [python, "-c", "import tbweights.cli"], repeat)
+    runner.timed_command(
+        {"case": "startup", "tool": "import"},
+        "python -c 'import tbweights.cli'",
+        [python, "-c", "import tbweights.cli"],
+        repeat,
+    )
     files = []
     for dtype in ("float32", "bfloat16"):
         for kind in ("safetensors", "torch"):
@@ -208,17 +228,27 @@ def run_convert_cases(runner: Runner, scale: str, folder: Path, kinds: list[str]
             files.append(path)
             size = path.stat().st_size
             label = f"{kind} {dtype} checkpoint, {size / 1e9:.2f} GB"
-            largest = max(_numel(s) for s in data.checkpoint_shapes(scale, dtype).values()) * (4 if dtype == "float32" else 2)
+            largest = max(_numel(s) for s in data.checkpoint_shapes(scale, dtype).values()) * (
+                4 if dtype == "float32" else 2
+            )
             spec = {"case": "convert", "file": path.name, "bytes": size, "largest_tensor_bytes": largest}
             runner.timed_command({**spec, "tool": "cat"}, label, ["sh", "-c", f"cat '{path}' > /dev/null"], repeat)
             logdir = folder / "logs"
-            runner.timed_command({**spec, "tool": "tbweights convert"}, label,
-                                 [python, "-m", "tbweights", "convert", str(path), "--logdir", str(logdir), "-q"], repeat)
+            runner.timed_command(
+                {**spec, "tool": "tbweights convert"},
+                label,
+                [python, "-m", "tbweights", "convert", str(path), "--logdir", str(logdir), "-q"],
+                repeat,
+            )
             shutil.rmtree(logdir, ignore_errors=True)
             if kind == "torch" and not any(r["tool"] == "import torch" for r in runner.results):
                 # torch.load is imported by the CLI only for torch files: measure its baseline too.
-                runner.timed_command({"case": "startup", "tool": "import torch"}, "python -c 'import tbweights.cli, torch'",
-                                     [python, "-c", "import tbweights.cli, torch"], repeat)
+                runner.timed_command(
+                    {"case": "startup", "tool": "import torch"},
+                    "python -c 'import tbweights.cli, torch'",
+                    [python, "-c", "import tbweights.cli, torch"],
+                    repeat,
+                )
     if len(files) < 2:
         for path in files:
             path.unlink()
@@ -227,9 +257,23 @@ def run_convert_cases(runner: Runner, scale: str, folder: Path, kinds: list[str]
     label = f"4 checkpoints, {total / 1e9:.2f} GB"
     for jobs in (1, 2):
         logdir = folder / f"jobs{jobs}"
-        runner.timed_command({"case": "jobs", "tool": f"--jobs {jobs}", "bytes": total}, label,
-                             [python, "-m", "tbweights", "convert", *map(str, files), "--logdir", str(logdir),
-                              "--jobs", str(jobs), "-q"], 1)
+        runner.timed_command(
+            {"case": "jobs", "tool": f"--jobs {jobs}", "bytes": total},
+            label,
+            [
+                python,
+                "-m",
+                "tbweights",
+                "convert",
+                *map(str, files),
+                "--logdir",
+                str(logdir),
+                "--jobs",
+                str(jobs),
+                "-q",
+            ],
+            1,
+        )
         shutil.rmtree(logdir, ignore_errors=True)
     for path in files:
         path.unlink()
@@ -243,21 +287,36 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def environment(python: str, tf_python: str | None) -> dict[str, Any]:
-    probe = ("import json, sys, numpy, torch, tensorboard, tensorboardX, ml_dtypes\n"
-             "print(json.dumps({'python': sys.version.split()[0], 'numpy': numpy.__version__, 'torch': torch.__version__,"
-             " 'tensorboard': tensorboard.__version__, 'tensorboardX': tensorboardX.__version__,"
-             " 'ml_dtypes': ml_dtypes.__version__}))")
+    probe = (
+        "import json, sys, numpy, torch, tensorboard, tensorboardX, ml_dtypes\n"
+        "print(json.dumps({'python': sys.version.split()[0], 'numpy': numpy.__version__, 'torch': torch.__version__,"
+        " 'tensorboard': tensorboard.__version__, 'tensorboardX': tensorboardX.__version__,"
+        " 'ml_dtypes': ml_dtypes.__version__}))"
+    )
     versions = json.loads(subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True).stdout)
     if tf_python:
-        tf = subprocess.run([tf_python, "-c", "import tensorflow as tf; print(tf.__version__)"],
-                            capture_output=True, text=True)
+        tf = subprocess.run(
+            [tf_python, "-c", "import tensorflow as tf; print(tf.__version__)"], capture_output=True, text=True
+        )
         versions["tensorflow"] = tf.stdout.strip() or "unavailable"
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return {"cpu": cpu, "cpus": len(os.sched_getaffinity(0)), "memory_gib": round(_mem_total_gib(), 1),
-            "platform": platform.platform(), "versions": versions, "tbweights_commit": commit.stdout.strip(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {
+        "cpu": cpu,
+        "cpus": len(os.sched_getaffinity(0)),
+        "memory_gib": round(_mem_total_gib(), 1),
+        "platform": platform.platform(),
+        "versions": versions,
+        "tbweights_commit": commit.stdout.strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 def _mem_total_gib() -> float:
@@ -271,12 +330,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SIZES), default="smoke", help="input sizes (default smoke)")
     parser.add_argument("--repeat", type=int, default=None, help="timed calls per case (default: 1 smoke, 5 full)")
-    parser.add_argument("--cases", default="tensor,model,events,upcast,convert",
-                        help="comma-separated subset of: tensor, model, events, upcast, convert")
-    parser.add_argument("--tools", default=None,
-                        help="comma-separated tools to run in the tensor, model, events and upcast cases (default all)")
-    parser.add_argument("--checkpoints", default=",".join(CHECKPOINT_KINDS),
-                        help=f"comma-separated checkpoints for the convert case (default {','.join(CHECKPOINT_KINDS)})")
+    parser.add_argument(
+        "--cases",
+        default="tensor,model,events,upcast,convert",
+        help="comma-separated subset of: tensor, model, events, upcast, convert",
+    )
+    parser.add_argument(
+        "--tools",
+        default=None,
+        help="comma-separated tools to run in the tensor, model, events and upcast cases (default all)",
+    )
+    parser.add_argument(
+        "--checkpoints",
+        default=",".join(CHECKPOINT_KINDS),
+        help=f"comma-separated checkpoints for the convert case (default {','.join(CHECKPOINT_KINDS)})",
+    )
     parser.add_argument("--python", default=sys.executable, help="interpreter for tbweights and the torch peers")
     parser.add_argument("--tf-python", default=None, help="interpreter with TensorFlow, for the tf.summary peer")
     parser.add_argument("--workdir", default=None, help="folder for checkpoint files (default: a temporary folder)")
@@ -289,14 +357,23 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args.python, args.tf_python, repeat, tools)
     chosen = set(args.cases.split(","))
     with tempfile.TemporaryDirectory(prefix="tbw-bench-", dir=args.workdir) as folder:
-        for name, run in (("tensor", run_tensor_cases), ("model", run_model_cases), ("events", run_event_cases),
-                          ("upcast", run_upcast_cases)):
+        for name, run in (
+            ("tensor", run_tensor_cases),
+            ("model", run_model_cases),
+            ("events", run_event_cases),
+            ("upcast", run_upcast_cases),
+        ):
             if name in chosen:
                 run(runner, args.scale)
         if "convert" in chosen:
             run_convert_cases(runner, args.scale, Path(folder), args.checkpoints.split(","))
-    result = {"scale": args.scale, "repeat": repeat, "argv": sys.argv[1:],
-              "environment": environment(args.python, args.tf_python), "results": runner.results}
+    result = {
+        "scale": args.scale,
+        "repeat": repeat,
+        "argv": sys.argv[1:],
+        "environment": environment(args.python, args.tf_python),
+        "results": runner.results,
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     tables = report.markdown(result)

@@ -1,7 +1,7 @@
 """`tbweights convert --jobs N`: summarize checkpoints in worker processes.
 
 Each worker reads one checkpoint and computes the statistics of its selected
-tensors; it returns the tensors' records (without their data) and their
+tensors. It returns the tensors' records (without their data) with their
 statistics, or the reason a tensor or the checkpoint failed. The parent replays
 these results, in the order the checkpoints were given, through the same
 `WeightWriter.log_tensors` as a single process, so tags, steps, skipped tensors
@@ -56,7 +56,7 @@ class CheckpointOutcome:
     _index: dict[str, TensorOutcome] | None = field(default=None, repr=False, compare=False)
 
     def replay(self) -> Iterator[NamedTensor]:
-        """The records in file order, then the checkpoint's error, as reading raised it."""
+        """Yield the records in file order, then raise the checkpoint's error as reading did."""
         for outcome in self.tensors:
             yield outcome.record()
         if self.error is not None:

@@ -3,9 +3,9 @@
 Files are named like TensorBoard's own (`events.out.tfevents.<time>.<host>.<pid>.<n>`)
 and records are framed as TensorBoard's `RecordWriter` frames them: little-endian
 64-bit length, masked CRC-32C of the length, payload, masked CRC-32C of the payload.
-The framing is written here rather than through `RecordWriter` because TensorBoard
-computes CRC-32C in pure Python (about 0.1 ms per 1 KiB record, see
-docs/benchmarks.md); the `crc32c` package computes it natively. Writes are
+The framing is written here rather than through `RecordWriter`, because TensorBoard
+computes CRC-32C in pure Python. That cost 175 µs per tensor when logging 5,000
+small tensors (docs/benchmarks.md). The `crc32c` package computes it natively. Writes are
 synchronous and each record goes to the file in one `write` call, so an error or
 an interrupt never leaves a half-written record behind a successful return.
 """
@@ -46,7 +46,7 @@ def masked_crc32c(data: bytes) -> int:
 
 
 def frame_record(payload: bytes) -> bytes:
-    """One TFRecord: length, masked CRC of the length, payload, masked CRC of the payload."""
+    """Frame a payload as one TFRecord: length, its masked CRC, payload, its masked CRC."""
     header = struct.pack("<Q", len(payload))
     return b"".join(
         (header, struct.pack("<I", masked_crc32c(header)), payload, struct.pack("<I", masked_crc32c(payload)))

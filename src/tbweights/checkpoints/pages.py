@@ -3,9 +3,9 @@
 A file mapping's pages count toward the process's resident memory once touched
 and stay there until unmapped, so summarizing a 2 GB checkpoint through one
 mapping would end with 2 GB resident. Readers call `release` on a tensor's bytes
-once the next tensor is requested: `MADV_DONTNEED` drops the pages from this
-process (the file's data stays in the page cache, and a later read maps it back),
-so resident memory stays near the largest tensor. `populate` maps a tensor's pages
+once the next tensor is requested. `MADV_DONTNEED` then drops the pages from this
+process, while the file's data stays in the page cache and a later read maps it
+back. Resident memory so stays near the largest tensor. `populate` maps a tensor's pages
 in one call (`MADV_POPULATE_READ`, Linux 5.14) instead of one fault per 4 KiB page.
 
 Only call these on read-only file mappings: on anonymous memory, `MADV_DONTNEED`

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tbweights.checkpoints import Format, LoadOptions
-from tbweights.checkpoints.pages import PageWindow, file_mappings, watch
 from tbweights.checkpoints.nesting import weight_tensors
+from tbweights.checkpoints.pages import PageWindow, file_mappings, watch
 from tbweights.errors import CheckpointError, MissingDependencyError, UnsafeCheckpointError
 from tbweights.tensors import NamedTensor, Role
 
