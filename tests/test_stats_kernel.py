@@ -152,3 +152,28 @@ def test_extreme_ranges_match_histogram_pb(values: np.ndarray) -> None:
     if exact.std() > 1e-6 * np.abs(exact).max():
         # A spread below float32 resolution of the mean is lost by float32 sums.
         assert result.std == pytest.approx(exact.std(), rel=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_threads_work_in_a_forked_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setattr(stats, "THREAD_MIN_ELEMENTS", 1)
+    monkeypatch.setenv("TBWEIGHTS_THREADS", "2")
+    values = np.random.default_rng(3).standard_normal(50_000).astype(np.float32)
+    expected = compute_stats(values, chunk=1000).histogram  # starts the thread pool here
+    pid = os.fork()
+    if pid == 0:  # the child: the pool's threads were not copied, so a new pool must start
+        ok = np.array_equal(compute_stats(values, chunk=1000).histogram, expected)
+        os._exit(0 if ok else 1)
+    import signal
+    import time
+
+    deadline = time.monotonic() + 60
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if waited[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("compute_stats hung in a forked child (the parent's thread pool was reused)")
+    assert os.waitstatus_to_exitcode(waited[1]) == 0

@@ -80,6 +80,16 @@ def _executor(size: int) -> ThreadPoolExecutor:
         return _pool
 
 
+def _forget_pool() -> None:
+    """Drop the pool in a forked child: the parent's threads do not exist there."""
+    global _pool, _pool_size, _pool_lock
+    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _ranges(size: int, chunk: int, threads: int | None = None) -> list[tuple[int, int]]:
     """Contiguous, chunk-aligned element ranges, one per thread."""
     workers = thread_count() if threads is None else threads
