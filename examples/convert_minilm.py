@@ -66,7 +66,7 @@ def verify(checkpoint: Path, logdir: Path) -> int:
     accumulator.Reload()
     tensors = load_file(str(checkpoint))
     overview = tensor_util.make_ndarray(accumulator.Tensors("tbweights/overview")[0].tensor_proto)
-    rows = {row[0].decode(): row for row in overview[1:]}
+    rows = {row[0].decode().strip("`"): row for row in overview[1:]}
     for name, values in tensors.items():
         tag = name.rsplit(".", 1)[0] + "/" + name.rsplit(".", 1)[1]
         histogram = tensor_util.make_ndarray(accumulator.Tensors(tag)[0].tensor_proto)

@@ -130,3 +130,22 @@ def test_numpy_npy_and_npz(tmp_path) -> None:
     records = {r.name: r for r in read_checkpoint(tmp_path / "all.npz")}
     assert records["b"].shape == (3,)
     assert records["b"].dtype == "int8"
+
+
+def test_folder_with_one_model_file(tmp_path) -> None:
+    folder = tmp_path / "checkpoint-500"
+    folder.mkdir()
+    save_file({"w": np.ones(3, np.float32)}, str(folder / "model.safetensors"))
+    torch.save({"state": {}}, folder / "optimizer.pt")
+    (folder / "trainer_state.json").write_text("{}")
+    assert detect(folder).name == "folder with one model file"
+    assert list(loaded(folder)) == ["w"]
+
+
+def test_folder_with_several_weight_files(tmp_path) -> None:
+    from tbweights.errors import CheckpointError
+
+    for name in ("a.safetensors", "b.safetensors"):
+        save_file({"w": np.ones(3, np.float32)}, str(tmp_path / name))
+    with pytest.raises(CheckpointError, match=r"several weight files \(a.safetensors, b.safetensors\)"):
+        detect(tmp_path)

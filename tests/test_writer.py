@@ -73,16 +73,11 @@ def test_text_keeps_name_stats_and_first_values(logdir, read_run) -> None:
 def test_overview_table_has_a_row_per_tensor(logdir, read_run) -> None:
     log_weights(mlp(), logdir)
     table = read_run(logdir).value("tbweights/overview")
-    assert table.shape == (1 + 6, 9)
+    assert table.shape == (1 + 6, 10)
     assert table[0, 0] == b"**name**"
-    assert [row[0].decode() for row in table[1:]] == [
-        "0.weight",
-        "0.bias",
-        "2.weight",
-        "2.bias",
-        "3.weight",
-        "3.bias",
-    ]
+    assert table[0, 8] == b"**non-finite**"
+    names = [row[0].decode() for row in table[1:]]
+    assert names == ["`0.weight`", "`0.bias`", "`2.weight`", "`2.bias`", "`3.weight`", "`3.bias`"]
 
 
 def test_model_left_as_found() -> None:

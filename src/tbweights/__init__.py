@@ -16,6 +16,7 @@ from tbweights.errors import (
     UnsafeCheckpointError,
     UnsupportedModelError,
 )
+from tbweights.initcheck import InitFinding, InitReport, Verdict, check_checkpoint, check_init
 from tbweights.stats import TensorStats, compute_stats
 from tbweights.tensors import NamedTensor, Role
 from tbweights.writer import StepReport, WeightWriter, log_weights
@@ -24,6 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "InitFinding",
+    "InitReport",
     "MissingDependencyError",
     "NamedTensor",
     "Role",
@@ -33,8 +36,11 @@ __all__ = [
     "TensorStats",
     "UnsafeCheckpointError",
     "UnsupportedModelError",
+    "Verdict",
     "WeightWriter",
     "__version__",
+    "check_checkpoint",
+    "check_init",
     "compute_stats",
     "log_weights",
 ]

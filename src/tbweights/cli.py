@@ -11,13 +11,16 @@ import argparse
 import glob
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
+from types import FrameType
 
 from tbweights import __version__
 from tbweights.checkpoints import LoadOptions
-from tbweights.cli_output import Output, print_show_table
+from tbweights.cli_output import Output, print_init_table, print_show_table
 from tbweights.convert import MAX_STEP, convert, describe
 from tbweights.errors import TbweightsError
 from tbweights.stats import DEFAULT_BUCKETS, DEFAULT_FIRST
@@ -25,6 +28,16 @@ from tbweights.writer import MAX_BUCKETS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_SIGINT = 130  # 128 + the signal number, as shells report a killed process
+EXIT_SIGTERM = 143
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; raised like KeyboardInterrupt so open files are closed."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
 
 _CONVERT_EPILOG = """\
 steps:
@@ -152,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print one row per tensor: name, shape, dtype, statistics, first values.",
     )
     show.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or folder")
+    show.add_argument(
+        "--check-init",
+        action="store_true",
+        help="compare each tensor with common initialization schemes (PyTorch and Keras defaults, "
+        "Xavier, Kaiming, LeCun, orthogonal) and print the closest one and a verdict",
+    )
     _add_common(show)
 
     demo = commands.add_parser(
@@ -212,10 +231,16 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
 
 
 def run_show(args: argparse.Namespace, out: Output) -> int:
-    rows = describe(args.checkpoint, first=args.first, load_options=_load_options(args))
     from tbweights.writer import SummaryOptions
 
     selection = SummaryOptions(include=tuple(args.include), exclude=tuple(args.exclude))
+    if args.check_init:
+        from tbweights.initcheck import check_checkpoint
+
+        report = check_checkpoint(args.checkpoint, _load_options(args), select=selection.selects)
+        print_init_table(report, out)
+        return 0
+    rows = describe(args.checkpoint, first=args.first, load_options=_load_options(args))
     failures = print_show_table(((t, s) for t, s in rows if selection.selects(t.name)), out)
     return EXIT_ERROR if failures else 0
 
@@ -239,6 +264,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="warning: %(message)s")
     # The CLI reports skipped tensors itself, with the file's name.
     logging.getLogger("tbweights.writer").setLevel(logging.ERROR)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    try:
+        return _run(args, out)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace, out: Output) -> int:
     try:
         return _COMMANDS[args.command](args, out)
     except BrokenPipeError:
@@ -252,8 +287,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.error(str(error))
         return EXIT_ERROR
     except KeyboardInterrupt:
-        out.error("interrupted; the event file holds every step written before the interrupt")
-        return 130
+        out.error(f"interrupted (SIGINT); {_INTERRUPTED}")
+        return EXIT_SIGINT
+    except Terminated:
+        out.error(f"terminated (SIGTERM); {_INTERRUPTED}")
+        return EXIT_SIGTERM
+    except Exception as error:  # noqa: BLE001 - the last line of defence; --debug shows it
+        if args.debug:
+            raise
+        out.error(f"unexpected {type(error).__name__}: {error}; rerun with --debug for the traceback and report it")
+        return EXIT_ERROR
+
+
+_INTERRUPTED = "the event file holds every record written before the signal, each one complete"
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from tbweights.initcheck import InitReport
 from tbweights.stats import TensorStats
 from tbweights.summaries import fmt, fmt_first, fmt_shape
 from tbweights.tensors import NamedTensor
@@ -88,3 +89,15 @@ def print_show_table(rows: Iterable[tuple[NamedTensor, TensorStats | str]], out:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]
         out.result("  ".join(cells).rstrip())
     return failures
+
+
+def print_init_table(report: InitReport, out: Output) -> None:
+    """Print the initialization check as an aligned table, then one line of verdict counts."""
+    table = report.table()
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]
+        out.result("  ".join(cells).rstrip())
+    inferred = any(f.layer_inferred for f in report.findings)
+    note = "; layers inferred from names and shapes" if inferred else ""
+    out.result(f"init check: {report.summary_line()}{note}")

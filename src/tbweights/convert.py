@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 from tbweights.checkpoints import LoadOptions, read_checkpoint
 from tbweights.errors import TbweightsError
+from tbweights.events import EventFileError
 from tbweights.stats import TensorStats, compute_stats
 from tbweights.tensors import NamedTensor
-from tbweights.writer import _TENSOR_ERRORS, StepReport, WeightWriter
+from tbweights.writer import _TENSOR_ERRORS, StepReport, WeightWriter, failure_reason
 
 if TYPE_CHECKING:
     from tbweights.convert_parallel import CheckpointOutcome
@@ -116,9 +117,13 @@ def convert(
     A checkpoint that cannot be read is recorded in `failed`; the others go on.
     With `jobs` > 1, worker processes compute the statistics of several checkpoints
     at once and this process writes them, in order: the run is the same as with one.
+    An `EventFileError` (disk full, unwritable logdir) stops the conversion; the
+    event file then holds every record written before it.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if jobs > 1 and (writer_options.get("track_change") or writer_options.get("check_init")):
+        raise ValueError("track_change and check_init need the tensors' values in this process; use jobs=1")
     plan = plan_steps(paths, start_step)
     report = ConvertReport(logdir=os.fspath(logdir), step_warning=plan.warning)
     with WeightWriter(logdir, **writer_options) as writer:  # type: ignore[arg-type]
@@ -132,6 +137,8 @@ def convert(
                     step_report = writer.log_tensors(read_checkpoint(path, load_options), step, on_tensor)
                 else:
                     step_report = writer.log_tensors(outcome.replay(), step, on_tensor, outcome.stats)
+            except EventFileError:
+                raise  # the output is broken: no later checkpoint can be written either
             except TbweightsError as error:
                 report.failed.append(FailedCheckpoint(path, str(error), error))
                 continue
@@ -163,4 +170,4 @@ def describe(
         try:
             yield tensor, compute_stats(tensor.load(), buckets=buckets, first=first)
         except _TENSOR_ERRORS as error:
-            yield tensor, str(error) or type(error).__name__
+            yield tensor, failure_reason(error)

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from tbweights import dtypes
 from tbweights.stats_chunks import (
     SMALL_FLOATS,
     ChunkMoments,
@@ -167,7 +168,7 @@ class TensorStats:
     max: float | None
     mean: float | None
     std: float | None
-    first: tuple[float | int | bool, ...]
+    first: tuple[float | int | bool | complex, ...]
     histogram: np.ndarray = field(repr=False)
 
     @property
@@ -180,31 +181,31 @@ class TensorStats:
 
 
 def as_numpy(values: Any) -> np.ndarray:
-    """A NumPy view (or, where unavoidable, a copy) of a NumPy or torch tensor."""
-    if isinstance(values, np.ndarray):
-        return values
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(values, torch.Tensor):
-        from tbweights.frameworks.torch import to_numpy
+    """A NumPy view (or, where unavoidable, a copy) of a NumPy or torch tensor.
 
-        return to_numpy(values)
-    return np.asarray(values)
+    `tbweights.dtypes` handles dtypes and layouts NumPy lacks and raises
+    `TensorError` for values with nothing to summarize.
+    """
+    return dtypes.to_numpy(values)
 
 
 def _on_accelerator(values: Any) -> bool:
-    """True for a torch tensor on a GPU or other non-CPU device (summarized there)."""
+    """True for a plain torch tensor of real numbers on a GPU or other non-CPU device.
+
+    Such a tensor is summarized where it lives (`stats_torch`). Subclasses such as
+    `DTensor`, and quantized, sparse or complex tensors, go through `dtypes` instead.
+    """
     torch = sys.modules.get("torch")
-    return (
-        torch is not None
-        and isinstance(values, torch.Tensor)
-        and values.device.type not in ("cpu", "meta")
-    )
+    if torch is None or type(values) not in (torch.Tensor, torch.nn.Parameter):
+        return False
+    if values.device.type in ("cpu", "meta") or values.layout != torch.strided or values.is_quantized:
+        return False
+    return not values.is_complex()
 
 
 def check_dtype(array: np.ndarray) -> None:
-    """Raise TypeError for dtypes the kernel cannot summarize."""
-    kind = array.dtype.kind
-    if kind in "fiub" or array.dtype in SMALL_FLOATS:
+    """Raise TypeError for dtypes the kernel cannot summarize (complex is made real first)."""
+    if dtypes.is_summarizable(array.dtype):
         return
     raise TypeError(f"cannot summarize values of dtype {array.dtype}")
 
@@ -288,7 +289,7 @@ def histogram_rows(moments: Moments, counts: BucketCounts, buckets: int) -> np.n
     return np.stack([edges[:-1], edges[1:], counts.counts.astype(np.float64)], axis=1)
 
 
-def first_values(flat: np.ndarray, first: int) -> tuple[float | int | bool, ...]:
+def first_values(flat: np.ndarray, first: int) -> tuple[float | int | bool | complex, ...]:
     """The first `first` values in row-major order, as Python numbers."""
     head = flat[:first]
     if head.dtype in SMALL_FLOATS:
@@ -299,12 +300,15 @@ def first_values(flat: np.ndarray, first: int) -> tuple[float | int | bool, ...]
 def finish(
     moments: Moments,
     counts: BucketCounts,
-    first: tuple[float | int | bool, ...],
+    first: tuple[float | int | bool | complex, ...],
     buckets: int,
 ) -> TensorStats:
     """Assemble the final statistics from (possibly merged) partial results."""
     has_finite = moments.finite > 0
-    mean = moments.total / moments.finite if has_finite else None
+    mean = None
+    if has_finite:
+        # Rounding in the sum can put the mean a hair outside [min, max] (constant data).
+        mean = min(max(moments.total / moments.finite, moments.min), moments.max)
     # max(): the rounding correction in `squared_deviations` can leave a tiny negative sum.
     std = math.sqrt(max(counts.squared_deviations, 0.0) / moments.finite) if has_finite else None
     return TensorStats(
@@ -337,8 +341,18 @@ def compute_stats(
 
         return compute_stats_torch(values, buckets=buckets, first=first)
     array = as_numpy(values)
-    check_dtype(array)
     flat = array.reshape(-1)
-    moments = scan_moments(flat, chunk)
-    counts = scan_buckets(flat, moments, buckets, chunk)
-    return finish(moments, counts, first_values(flat, first), buckets)
+    head = first_values(flat, first)
+    flat = dtypes.complex_magnitude(flat)
+    check_dtype(flat)
+    # Overflow and underflow are detected below and redone on scaled values.
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        moments = scan_moments(flat, chunk)
+        if not stats_scaled.out_of_range(moments):
+            counts = scan_buckets(flat, moments, buckets, chunk)
+            if math.isfinite(counts.squared_deviations):
+                return finish(moments, counts, head, buckets)
+        return stats_scaled.scaled_stats(flat, moments, head, buckets, chunk)
+
+
+from tbweights import stats_scaled  # noqa: E402 - stats_scaled builds on this module

@@ -6,6 +6,7 @@ its `tensor_util`, so the protos are exactly what TensorBoard's readers expect.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,7 +23,10 @@ _HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(display_name=No
 _TEXT_METADATA = text_metadata.create_summary_metadata(display_name=None, description=None)
 _SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name=None, description=None)
 
-OVERVIEW_COLUMNS = ("name", "shape", "dtype", "count", "mean", "std", "min", "max", "first values")
+COMPLEX_NOTE = "mean, std, min, max, zeros and the histogram are of the magnitude abs(z)"
+OVERVIEW_COLUMNS = (
+    "name", "shape", "dtype", "count", "mean", "std", "min", "max", "non-finite", "first values"
+)
 
 
 def histogram_value(tag: str, histogram: np.ndarray) -> summary_pb2.Summary.Value:
@@ -41,7 +45,7 @@ def scalar_value(tag: str, value: float) -> summary_pb2.Summary.Value:
     return summary_pb2.Summary.Value(tag=tag, metadata=_SCALAR_METADATA, tensor=tensor)
 
 
-def fmt(value: float | int | bool | None) -> str:
+def fmt(value: float | int | bool | complex | None) -> str:
     """Numbers as people read them: 6 significant digits, integers in full."""
     if value is None:
         return "n/a"
@@ -49,6 +53,8 @@ def fmt(value: float | int | bool | None) -> str:
         return str(value)
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, complex):
+        return f"{value.real:.6g}{value.imag:+.6g}j"
     return f"{value:.6g}"
 
 
@@ -56,19 +62,36 @@ def fmt_shape(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
 
 
-def fmt_first(values: Sequence[float | int | bool]) -> str:
+def fmt_first(values: Sequence[float | int | bool | complex]) -> str:
     return ", ".join(fmt(v) for v in values)
+
+
+def code_span(text: str) -> str:
+    """A Markdown code span that TensorBoard renders as `text` verbatim, even inside a table.
+
+    TensorBoard's Markdown (Python-Markdown with tables) keeps `|`, `\\`, `<` and `&`
+    literal inside a code span, so only backticks and line breaks need care. The
+    delimiter is one backtick longer than the longest run in the text. A line break
+    would end the table row, so it is shown as the two characters `\\n`.
+    """
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _escape(text: str) -> str:
     """Keep a raw name from being read as Markdown or HTML."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'").replace("<", "&lt;")
+    escaped = text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'").replace("<", "&lt;")
+    # A line break would end the table row; show it as the two characters `\n`.
+    return escaped.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def tensor_markdown(tensor: NamedTensor, stats: TensorStats) -> str:
     """The text summary of one tensor: its name verbatim, statistics and first values."""
     rows = [
-        ("name", f"`{_escape(tensor.name)}`"),
+        ("name", code_span(tensor.name)),
         ("role", tensor.role.value),
         ("shape", fmt_shape(tensor.shape)),
         ("dtype", tensor.dtype),
@@ -83,18 +106,22 @@ def tensor_markdown(tensor: NamedTensor, stats: TensorStats) -> str:
         ("-Inf", fmt(stats.neginf)),
         (f"first {len(stats.first)} (row-major)", fmt_first(stats.first)),
     ]
+    if stats.nonfinite:
+        rows.append(("note", f"mean, std, min, max and the histogram cover the {stats.finite} finite values"))
+    if tensor.dtype.startswith("complex"):
+        rows.append(("note", COMPLEX_NOTE))
     if tensor.aliases:
-        rows.append(("also named", ", ".join(f"`{_escape(a)}`" for a in tensor.aliases)))
+        rows.append(("also named", ", ".join(code_span(a) for a in tensor.aliases)))
     if tensor.note:
         rows.append(("note", _escape(tensor.note)))
-    lines = ["| | |", "|---|---|"]
+    lines = ["| statistic | value |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in rows]
     return "\n".join(lines)
 
 
 def overview_row(tensor: NamedTensor, stats: TensorStats) -> list[str]:
     return [
-        _escape(tensor.name),
+        code_span(tensor.name),
         fmt_shape(tensor.shape),
         tensor.dtype,
         fmt(stats.count),
@@ -102,6 +129,7 @@ def overview_row(tensor: NamedTensor, stats: TensorStats) -> list[str]:
         fmt(stats.std),
         fmt(stats.min),
         fmt(stats.max),
+        fmt(stats.nonfinite),
         fmt_first(stats.first),
     ]
 

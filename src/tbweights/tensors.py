@@ -43,6 +43,12 @@ class NamedTensor:
 
     `load` returns a NumPy array (dtypes NumPy lacks come as `ml_dtypes` types)
     or, for live torch tensors, the tensor itself; `tbweights.stats` accepts both.
+
+    `layer_type` names the class of the layer that owns the tensor, prefixed by
+    its framework: `torch.nn.Linear`, `torch.nn.Conv2d`, `torch.nn.LayerNorm`
+    (the nearest `torch.nn` class of the owning module), `keras.layers.Dense`,
+    `keras.layers.Conv2D`. It is None where only a name and a shape are known,
+    as in checkpoints; the initialization check then infers the layer.
     """
 
     name: str
@@ -52,6 +58,7 @@ class NamedTensor:
     role: Role = Role.WEIGHT
     aliases: tuple[str, ...] = ()
     note: str = ""
+    layer_type: str | None = None
 
     @property
     def size(self) -> int:

@@ -11,15 +11,18 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
+import numpy as np
 from tensorboard.compat.proto import summary_pb2
 
 from tbweights import summaries
-from tbweights.errors import TbweightsError
-from tbweights.events import EventFile
+from tbweights.errors import TbweightsError, TensorError
 from tbweights.frameworks import WalkOptions, named_tensors
+from tbweights.initcheck import InitReport, check_tensor
+from tbweights.sinks import sink_for
 from tbweights.stats import DEFAULT_BUCKETS, DEFAULT_FIRST, TensorStats, compute_stats
-from tbweights.tags import OVERVIEW_TAG, TagAllocator
+from tbweights.tags import INIT_CHECK_TAG, OVERVIEW_TAG, TagAllocator
 from tbweights.tensors import NamedTensor
+from tbweights.tracking import TAG_SUFFIXES, ChangeTracker, scalar_values
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +32,13 @@ MAX_BUCKETS = 10_000
 
 # Errors that stop one tensor but not the step: the tensor is reported as skipped.
 _TENSOR_ERRORS = (TbweightsError, TypeError, ValueError, RuntimeError, OSError, MemoryError)
+
+
+def failure_reason(error: BaseException) -> str:
+    """Why a tensor was skipped, without repeating the tensor's name."""
+    if isinstance(error, TensorError):
+        return error.reason
+    return str(error) or type(error).__name__
 
 
 class SummarySink(Protocol):
@@ -87,6 +97,7 @@ class StepReport:
     step: int
     results: list[TensorResult] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    init_check: InitReport | None = None
 
 
 def _patterns(patterns: str | Sequence[str]) -> tuple[str, ...]:
@@ -97,19 +108,39 @@ def _patterns(patterns: str | Sequence[str]) -> tuple[str, ...]:
 class WeightWriter:
     """Writes weight summaries to one TensorBoard run, at as many steps as you like.
 
-    >>> with WeightWriter("runs/mlp") as writer:
-    ...     writer.log(model, step=0)
+    >>> with WeightWriter("runs/mlp", scalars=True) as writer:
+    ...     for step in range(steps):
+    ...         if step % 100 == 0:
+    ...             writer.log(model, step)
+    ...         train_one_step()
+
+    `logdir` is a log directory, or a writer you already have: a
+    `torch.utils.tensorboard.SummaryWriter`, a `tensorboardX.SummaryWriter` or a
+    `tf.summary` writer. With a writer, the summaries join its event file, and
+    `close()` flushes it but leaves it open for you.
+
+    `scalars` adds per-tensor scalars (mean, std, L2 norm, max |w|, zero
+    fraction, non-finite count) for the Scalars dashboard. `track_change` adds a
+    histogram of `w - w0` and the scalar `||w - w0|| / ||w0||`, where `w0` is the
+    tensor at the first logged step. It keeps a float32 copy of every tensor
+    (4 bytes per value) for the life of the writer. `check_init` checks the
+    first logged step against common initialization schemes and writes the
+    report as a table (tag `tbweights/init_check`); it is also in the
+    returned `StepReport.init_check`.
     """
 
     def __init__(
         self,
-        logdir: str | os.PathLike[str] | None = None,
+        logdir: str | os.PathLike[str] | Any = None,
         *,
         first: int = DEFAULT_FIRST,
         buckets: int = DEFAULT_BUCKETS,
         include: str | Sequence[str] = (),
         exclude: str | Sequence[str] = (),
         include_buffers: bool = False,
+        scalars: bool = False,
+        track_change: bool = False,
+        check_init: bool = False,
         sink: SummarySink | None = None,
         filename_suffix: str = "",
     ) -> None:
@@ -122,13 +153,21 @@ class WeightWriter:
         )
         if (logdir is None) == (sink is None):
             raise ValueError("pass exactly one of logdir and sink")
-        self._sink: SummarySink = sink if sink is not None else EventFile(logdir, filename_suffix)  # type: ignore[arg-type]
-        self._tags = TagAllocator()
+        self._sink: SummarySink = sink if sink is not None else sink_for(logdir, filename_suffix)
+        self._tags = TagAllocator(reserved=(OVERVIEW_TAG, INIT_CHECK_TAG), extra_suffixes=TAG_SUFFIXES)
+        self.scalars = scalars
+        self._changes = ChangeTracker(buckets) if track_change else None
+        self._check_init_pending = check_init
 
     @property
     def path(self) -> str | None:
         """The event file's path, when this writer made one."""
         return getattr(self._sink, "path", None)
+
+    @property
+    def change_tracking_bytes(self) -> int:
+        """Memory held for `track_change`: the float32 copies of the first logged tensors."""
+        return self._changes.nbytes if self._changes is not None else 0
 
     def log(self, model: Any, step: int = 0) -> StepReport:
         """Summarize every tensor of a model, state dict, mapping or array at `step`."""
@@ -147,16 +186,28 @@ class WeightWriter:
         `stats_of` supplies statistics computed elsewhere (by `convert --jobs` workers).
         """
         report = StepReport(step=step)
+        shapes: dict[str, tuple[int, ...]] = {}
+        if self._check_init_pending:
+            tensors = list(tensors)  # a bias's fan-in comes from its weight, wherever that is in the stream
+            shapes = {tensor.name: tensor.shape for tensor in tensors}
+            report.init_check = InitReport()
         for tensor in tensors:
             if not self.options.selects(tensor.name):
                 continue
             if on_tensor is not None:
                 on_tensor(tensor)
-            result = self._summarize(tensor, report, stats_of)
-            if result is not None:
-                self._write_tensor(step, result)
-                report.results.append(result)
+            loaded = self._summarize(tensor, report, stats_of)
+            if loaded is None:
+                continue
+            result, values = loaded
+            self._write_tensor(step, result, values)
+            report.results.append(result)
+            if report.init_check is not None:
+                report.init_check.findings.append(check_tensor(tensor, result.stats, shapes, values))
         self._write_overview(report)
+        if report.init_check is not None:
+            self._write_init_check(report.step, report.init_check)
+            self._check_init_pending = False
         self._sink.flush()
         return report
 
@@ -185,32 +236,49 @@ class WeightWriter:
         tensor: NamedTensor,
         report: StepReport,
         stats_of: Callable[[NamedTensor], TensorStats] | None = None,
-    ) -> TensorResult | None:
+    ) -> tuple[TensorResult, Any] | None:
         try:
+            values = None
             if stats_of is not None:
                 stats = stats_of(tensor)
             else:
-                stats = compute_stats(tensor.load(), buckets=self.options.buckets, first=self.options.first)
+                values = tensor.load()
+                stats = compute_stats(values, buckets=self.options.buckets, first=self.options.first)
         except _TENSOR_ERRORS as error:
-            reason = str(error) or type(error).__name__
+            reason = failure_reason(error)
             logger.warning("skipped tensor %r (%s, %s): %s", tensor.name, tensor.dtype, tensor.shape, reason)
             report.skipped.append(Skipped(tensor.name, reason))
             return None
         histogram_tag, text_tag = self._tags.tags(tensor.name)
-        return TensorResult(tensor, stats, histogram_tag, text_tag)
+        return TensorResult(tensor, stats, histogram_tag, text_tag), values
 
-    def _write_tensor(self, step: int, result: TensorResult) -> None:
-        values = [
+    def _write_tensor(self, step: int, result: TensorResult, values: Any = None) -> None:
+        summary_values = [
             summaries.histogram_value(result.histogram_tag, result.stats.histogram),
             summaries.text_value(result.text_tag, summaries.tensor_markdown(result.tensor, result.stats)),
         ]
-        self._sink.write_summary(step, values)
+        if self.scalars:
+            summary_values += scalar_values(result.histogram_tag, result.stats)
+        if self._changes is not None and values is not None:
+            try:
+                summary_values += self._changes.values(result.tensor.name, result.histogram_tag, values)
+            except _TENSOR_ERRORS as error:
+                logger.warning("no change summary for tensor %r: %s", result.tensor.name, error)
+        self._sink.write_summary(step, summary_values)
 
     def _write_overview(self, report: StepReport) -> None:
         rows = [summaries.overview_row(r.tensor, r.stats) for r in report.results]
-        rows += [[s.name, "", "", "", "", "", "", "", f"skipped: {s.reason}"] for s in report.skipped]
+        blank = [""] * (len(summaries.OVERVIEW_COLUMNS) - 2)
+        rows += [[summaries.code_span(s.name), *blank, f"skipped: {s.reason}"] for s in report.skipped]
         table = summaries.overview_table(rows)
         self._sink.write_summary(report.step, [summaries.text_value(OVERVIEW_TAG, table)])
+
+    def _write_init_check(self, step: int, init_check: InitReport) -> None:
+        header, *rows = init_check.table()
+        cells = [[f"**{column}**" for column in header]]
+        cells += [[summaries._escape(cell) for cell in row] for row in rows]
+        table = np.array(cells, dtype=object)
+        self._sink.write_summary(step, [summaries.text_value(INIT_CHECK_TAG, table)])
 
     def flush(self) -> None:
         self._sink.flush()
@@ -230,11 +298,12 @@ class WeightWriter:
         self.close()
 
 
-def log_weights(model: Any, logdir: str | os.PathLike[str], step: int = 0, **options: Any) -> StepReport:
+def log_weights(model: Any, logdir: str | os.PathLike[str] | Any, step: int = 0, **options: Any) -> StepReport:
     """Write one step of weight summaries for `model` to a new event file in `logdir`.
 
-    Options are those of `WeightWriter`: `first`, `buckets`, `include`, `exclude`,
-    `include_buffers`.
+    `logdir` may also be a writer you already have (see `WeightWriter`). Options
+    are those of `WeightWriter`: `first`, `buckets`, `include`, `exclude`,
+    `include_buffers`, `scalars`, `track_change`, `check_init`.
     """
     walk = WalkOptions(include_buffers=bool(options.get("include_buffers", False)))
     tensors = named_tensors(model, walk)

@@ -58,6 +58,7 @@ _FORMAT_MODULES: tuple[str, ...] = (
     "tbweights.checkpoints.tensorflow",
     "tbweights.checkpoints.numpy",
     "tbweights.checkpoints.torch",
+    "tbweights.checkpoints.folder",
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,22 +31,35 @@ def _sniff(path: Path, head: bytes) -> bool:
     return bool(names) and all(name.endswith(".npy") for name in names)
 
 
-def _load_npy(path: Path, source: Path, name: str, options: LoadOptions) -> np.ndarray:
+def _load_npy(path: Path, name: str, options: LoadOptions) -> np.ndarray:
+    """Memory-map a plain .npy; an object array is unpickled only when trusted."""
     try:
-        array: np.ndarray = np.load(source, mmap_mode="r", allow_pickle=options.trust)
-        return array
+        with path.open("rb") as stream:
+            dtype = _npy_header(stream)[2]
     except ValueError as error:
-        if "allow_pickle" in str(error):
-            raise UnsafeCheckpointError(
-                path,
-                f"array {name!r} holds Python objects, and loading them runs code from the file; {TRUST_HINT}",
-            ) from None
-        raise CheckpointError(path, f"array {name!r} cannot be read: {error}") from None
+        raise CheckpointError(path, f"invalid .npy header: {error}") from None
+    if dtype.hasobject and not options.trust:
+        raise UnsafeCheckpointError(
+            path, f"array {name!r} holds Python objects, and loading them runs code from the file; {TRUST_HINT}"
+        )
+    try:
+        return np.load(path, mmap_mode=None if dtype.hasobject else "r", allow_pickle=options.trust)  # type: ignore[no-any-return]
+    except (ValueError, OSError, EOFError) as error:
+        raise CheckpointError(
+            path, f"array {name!r} cannot be read ({error}); the file is corrupt or truncated"
+        ) from None
+
+
+def _npy_header(stream: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    major, _ = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(stream)
+    return tuple(shape), fortran_order, dtype
 
 
 def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
     if _head(path).startswith(NPY_MAGIC):
-        array = _load_npy(path, path, path.stem, options)
+        array = _load_npy(path, path.stem, options)
         yield _record(path.stem, array)
         return
     try:
@@ -66,19 +80,25 @@ def _lazy_member(path: Path, archive: np.lib.npyio.NpzFile, member: str) -> Name
     # Shape and dtype come from the member's .npy header without reading its data.
     if archive.zip is None:
         raise CheckpointError(path, "the .npz archive was closed while reading it")
-    with archive.zip.open(member + ".npy") as stream:
-        major, _ = np.lib.format.read_magic(stream)
-        read_header = (
-            np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        )
-        shape, _, dtype = read_header(stream)
+    try:
+        with archive.zip.open(member + ".npy") as stream:
+            shape, _, dtype = _npy_header(stream)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise CheckpointError(path, f"array {member!r} has an invalid .npy header ({error})") from None
 
     def load() -> np.ndarray:
         try:
             return archive[member]
-        except ValueError:
-            raise UnsafeCheckpointError(
-                path, f"array {member!r} holds Python objects; {TRUST_HINT}"
+        except ValueError as error:
+            if "allow_pickle" in str(error):
+                raise UnsafeCheckpointError(
+                    path,
+                    f"array {member!r} holds Python objects, and loading them runs code from the file; {TRUST_HINT}",
+                ) from None
+            raise CheckpointError(path, f"array {member!r} cannot be read ({error})") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as error:
+            raise CheckpointError(
+                path, f"array {member!r} cannot be read ({error}); the archive is corrupt or truncated"
             ) from None
 
     return NamedTensor(

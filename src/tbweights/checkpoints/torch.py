@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,12 @@ from tbweights.tensors import NamedTensor, Role
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTOCOL_2_PLUS = b"\x80"
 TRUST_FLAG = "--trust-checkpoint (Python: trust=True)"
+# Modules whose globals read files, run programs or evaluate code: a pickle that
+# names them gets no `add_safe_globals` suggestion.
+CODE_MODULES = frozenset(
+    {"builtins", "io", "os", "posix", "nt", "subprocess", "sys", "shutil", "runpy", "importlib",
+     "pickle", "marshal", "socket", "ctypes", "code", "codecs", "pty", "webbrowser", "types", "functools", "operator"}
+)
 
 
 def _zip_members(path: Path) -> list[str]:
@@ -59,7 +66,13 @@ def _import_torch() -> Any:
 def load_object(path: Path, options: LoadOptions) -> Any:
     """torch.load the file safely, or raise a CheckpointError that says what to do."""
     torch = _import_torch()
-    is_zip = path.open("rb").read(4) == ZIP_MAGIC
+    with path.open("rb") as file:
+        head = file.read(4)
+    is_zip = head == ZIP_MAGIC
+    if not is_zip and not head.startswith(PICKLE_PROTOCOL_2_PLUS):
+        raise CheckpointError(
+            path, f"not a PyTorch checkpoint: it starts with {head!r}, neither a zip archive nor a pickle"
+        )
     members = _zip_members(path) if is_zip else []
     if is_zip and not members:
         raise CheckpointError(path, "the zip archive is corrupt or truncated")
@@ -72,11 +85,14 @@ def load_object(path: Path, options: LoadOptions) -> Any:
         module = torch.jit.load(str(path), map_location="cpu")
         return module.state_dict()
     try:
-        return torch.load(path, map_location="cpu", weights_only=not options.trust, mmap=is_zip)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it did not write, and the error below explains more.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=not options.trust, mmap=is_zip)
     except pickle.UnpicklingError as error:
         raise _unpickling_error(path, error) from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError, zipfile.BadZipFile) as error:
+        message = _first_line(str(error)) if str(error).strip() else type(error).__name__
         raise CheckpointError(
             path, f"torch.load failed ({message}); the file is corrupt, truncated or not a PyTorch checkpoint"
         ) from None
@@ -91,20 +107,41 @@ def _is_mapped(path: Path) -> bool:
 
 
 def _unpickling_error(path: Path, error: Exception) -> CheckpointError:
+    """Name what safe loading rejected, and how to allow it, from torch's message."""
     text = str(error)
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if match:
-        name = match.group(1)
+    allowed = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if allowed and allowed.group(1).split(".", 1)[0] in CODE_MODULES:
+        return UnsafeCheckpointError(
+            path,
+            f"the file's pickle calls {allowed.group(1)}, which can run code, so safe loading "
+            f"(weights_only=True) rejects it; pass {TRUST_FLAG} only if you trust the file",
+        )
+    if allowed:
+        name = allowed.group(1)
         return UnsafeCheckpointError(
             path,
             f"the file holds {name}, which safe loading (weights_only=True) rejects; "
             f"if you trust the file, pass {TRUST_FLAG}, or in Python call "
             f"torch.serialization.add_safe_globals([{name}]) first",
         )
-    first = text.strip().splitlines()[0] if text.strip() else "unpickling failed"
-    return UnsafeCheckpointError(
-        path, f"safe loading rejected the file ({first}); pass {TRUST_FLAG} if you trust it"
+    blocked = re.search(r"unsupported GLOBAL ([\w.]+) whose module ([\w.]+) is blocked", text)
+    if blocked:
+        return UnsafeCheckpointError(
+            path,
+            f"the file's pickle calls {blocked.group(1)}, which can run code, so safe loading "
+            f"(weights_only=True) rejects it; pass {TRUST_FLAG} only if you trust the file",
+        )
+    detail = re.search(r"WeightsUnpickler error: *\n*(.+)", text)
+    reason = detail.group(1).strip() if detail else _first_line(text)
+    return CheckpointError(
+        path,
+        f"safe loading (weights_only=True) failed: {reason}; the pickle is corrupt, or it uses "
+        f"a feature safe loading lacks, which {TRUST_FLAG} allows for a file you trust",
     )
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unpickling failed"
 
 
 def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:

@@ -6,34 +6,20 @@ one tensor at a time, and only a tensor that is not on the CPU is copied there.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import ml_dtypes
 import numpy as np
 import torch
 
+from tbweights import dtypes
 from tbweights.frameworks import WalkOptions
 from tbweights.tensors import NamedTensor, Role, guess_role
 
 if TYPE_CHECKING:
     from torch import nn
-
-# torch dtypes NumPy lacks, read through a same-width integer view.
-# float8 types exist from torch 2.1; getattr keeps older versions working.
-_VIEW_AS: dict[Any, tuple[Any, Any]] = {
-    torch.bfloat16: (torch.int16, ml_dtypes.bfloat16),
-}
-for _torch_name, _numpy_type in (
-    ("float8_e4m3fn", ml_dtypes.float8_e4m3fn),
-    ("float8_e5m2", ml_dtypes.float8_e5m2),
-    ("float8_e4m3fnuz", ml_dtypes.float8_e4m3fnuz),
-    ("float8_e5m2fnuz", ml_dtypes.float8_e5m2fnuz),
-):
-    _torch_dtype = getattr(torch, _torch_name, None)
-    if _torch_dtype is not None:
-        _VIEW_AS[_torch_dtype] = (torch.uint8, _numpy_type)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -41,24 +27,12 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor (a copy only for other devices or layouts)."""
-    tensor = tensor.detach()
-    if is_dtensor(tensor):
-        raise TypeError(
-            "this is a DTensor sharded across processes; summarize the model with "
-            "tbweights.distributed.log_weights_distributed on every rank"
-        )
-    if tensor.device.type != "cpu":
-        tensor = tensor.cpu()
-    if not tensor.is_contiguous():
-        tensor = tensor.contiguous()
-    view = _VIEW_AS.get(tensor.dtype)
-    if view is not None:
-        integer_type, numpy_type = view
-        array: np.ndarray = tensor.view(integer_type).numpy().view(numpy_type)
-        return array
-    return tensor.numpy()
+def to_numpy(tensor: torch.Tensor, name: str = "tensor") -> np.ndarray:
+    """A NumPy view of a CPU tensor; a copy only where device, layout or dtype need one.
+
+    Raises `TensorError` for tensors with no values to read (meta, lazy, sharded).
+    """
+    return dtypes.torch_to_numpy(tensor, name)
 
 
 def is_dtensor(tensor: torch.Tensor) -> bool:
@@ -74,14 +48,38 @@ def is_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
-def tensor_record(name: str, value: torch.Tensor, role: Role | None = None) -> NamedTensor:
+def tensor_record(
+    name: str, value: torch.Tensor, role: Role | None = None, layer_type: str | None = None
+) -> NamedTensor:
+    """A lazy record of one tensor; its `load` returns a dense CPU tensor or raises
+    `TensorError` naming the tensor (meta device, lazy, sharded)."""
+    if torch.nn.parameter.is_lazy(value):
+        # An uninitialized lazy parameter has no shape yet; load() reports it.
+        return NamedTensor(
+            name=name,
+            shape=(),
+            dtype=dtype_name(value.dtype),
+            load=lambda: dtypes.plain_torch_tensor(value, name),
+            role=role or guess_role(name),
+            note="uninitialized lazy parameter",
+            layer_type=layer_type,
+        )
     return NamedTensor(
         name=name,
         shape=tuple(value.shape),
         dtype=dtype_name(value.dtype),
-        load=lambda: value,
+        load=lambda: dtypes.plain_torch_tensor(value, name),
         role=role or guess_role(name, value.dim()),
+        layer_type=layer_type,
     )
+
+
+def layer_type_name(module: nn.Module) -> str:
+    """`torch.nn.Linear` for a Linear or any subclass of it; `pkg.Class` for other modules."""
+    for cls in type(module).__mro__:
+        if cls is not torch.nn.Module and getattr(torch.nn, cls.__name__, None) is cls:
+            return f"torch.nn.{cls.__name__}"
+    return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
 def named_tensors(obj: Any, options: WalkOptions) -> Iterator[NamedTensor]:
@@ -100,18 +98,12 @@ def _module_tensors(module: nn.Module, options: WalkOptions) -> Iterator[NamedTe
         for name, buffer in module.named_buffers(remove_duplicate=False):
             groups.setdefault(id(buffer), []).append((name, buffer))
     buffer_ids = {id(b) for b in module.buffers()} if options.include_buffers else set()
+    owners = {name: layer_type_name(owner) for name, owner in module.named_modules(remove_duplicate=False)}
     for key, members in groups.items():
         name, tensor = members[0]
         role = Role.BUFFER if key in buffer_ids else None
-        record = tensor_record(name, tensor, role)
+        record = tensor_record(name, tensor, role, owners.get(name.rpartition(".")[0]))
         aliases = tuple(alias for alias, _ in members[1:])
         if aliases:
-            record = NamedTensor(
-                name=record.name,
-                shape=record.shape,
-                dtype=record.dtype,
-                load=record.load,
-                role=record.role,
-                aliases=aliases,
-            )
+            record = dataclasses.replace(record, aliases=aliases)
         yield record
