@@ -59,7 +59,10 @@ def _assert_same_stats(name: str, expected: Any, actual: Any) -> None:
         want_value, got_value = getattr(want, field), getattr(got, field)
         assert (got_value is None) == (want_value is None), f"{name}.{field}"
         if want_value is not None:
-            assert math.isclose(got_value, want_value, rel_tol=1e-9, abs_tol=1e-12), f"{name}.{field}"
+            # The squared deviations of float32 values are summed in float32 within a
+            # chunk, so another split into shards changes std by float32 rounding.
+            rel_tol = 1e-6 if field == "std" else 1e-9
+            assert math.isclose(got_value, want_value, rel_tol=rel_tol, abs_tol=1e-12), f"{name}.{field}"
 
 
 def _without_mean_std(text: str) -> str:

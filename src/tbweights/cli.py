@@ -148,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help=f"histogram buckets per tensor (default {DEFAULT_BUCKETS}, as tf.summary.histogram)",
     )
+    conv.add_argument(
+        "--jobs",
+        "-j",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="summarize up to N checkpoints at once in worker processes; "
+        "the run written is the same as with one (default 1)",
+    )
     _add_common(conv)
 
     show = commands.add_parser(
@@ -194,6 +203,7 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
             buckets=args.buckets,
             include=args.include,
             exclude=args.exclude,
+            jobs=args.jobs,
             on_checkpoint=progress.start_checkpoint,
             on_tensor=progress.advance,
         )

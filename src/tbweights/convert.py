@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tbweights.checkpoints import LoadOptions, read_checkpoint
 from tbweights.errors import TbweightsError
@@ -14,6 +15,9 @@ from tbweights.events import EventFileError
 from tbweights.stats import TensorStats, compute_stats
 from tbweights.tensors import NamedTensor
 from tbweights.writer import _TENSOR_ERRORS, StepReport, WeightWriter, failure_reason
+
+if TYPE_CHECKING:
+    from tbweights.convert_parallel import CheckpointOutcome
 
 # `step-500`, `global_step=500`, `iter_500`, `checkpoint-500`, `ckpt-3`, `epoch=4`.
 _STEP_WORD = re.compile(r"(?:global_step|step|steps|iter|iteration|checkpoint|ckpt|epoch)[-_=]?(\d+)", re.I)
@@ -124,23 +128,34 @@ def convert(
     load_options: LoadOptions | None = None,
     on_tensor: Callable[[NamedTensor], None] | None = None,
     on_checkpoint: Callable[[str, int], None] | None = None,
+    jobs: int = 1,
     **writer_options: object,
 ) -> ConvertReport:
     """Write each checkpoint as one step of a single run in `logdir`.
 
     A checkpoint that cannot be read is recorded in `failed`; the others go on.
+    With `jobs` > 1, worker processes compute the statistics of several checkpoints
+    at once and this process writes them, in order: the run is the same as with one.
     An `EventFileError` (disk full, unwritable logdir) stops the conversion; the
     event file then holds every record written before it.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if jobs > 1 and (writer_options.get("track_change") or writer_options.get("check_init")):
+        raise ValueError("track_change and check_init need the tensors' values in this process; use jobs=1")
     plan = plan_steps(paths, start_step)
     report = ConvertReport(logdir=os.fspath(logdir), step_warning=plan.warning)
     with WeightWriter(logdir, **writer_options) as writer:  # type: ignore[arg-type]
         report.event_file = writer.path
-        for path, step in zip(plan.paths, plan.steps, strict=True):
+        outcomes = _outcomes(plan.paths, load_options, writer, jobs)
+        for path, step, outcome in zip(plan.paths, plan.steps, outcomes, strict=True):
             if on_checkpoint is not None:
                 on_checkpoint(path, step)
             try:
-                step_report = writer.log_tensors(read_checkpoint(path, load_options), step, on_tensor)
+                if outcome is None:
+                    step_report = writer.log_tensors(read_checkpoint(path, load_options), step, on_tensor)
+                else:
+                    step_report = writer.log_tensors(outcome.replay(), step, on_tensor, outcome.stats)
             except EventFileError:
                 raise  # the output is broken: no later checkpoint can be written either
             except TbweightsError as error:
@@ -148,6 +163,17 @@ def convert(
                 continue
             report.steps.append((path, step_report))
     return report
+
+
+def _outcomes(
+    paths: Sequence[str | os.PathLike[str]], load_options: LoadOptions | None, writer: WeightWriter, jobs: int
+) -> Iterator[CheckpointOutcome | None]:
+    """Worker results per checkpoint, or None where this process reads the checkpoint itself."""
+    if jobs == 1 or len(paths) < 2:
+        return iter([None] * len(paths))
+    from tbweights.convert_parallel import summarize_checkpoints
+
+    return summarize_checkpoints(paths, load_options, writer.options, jobs)
 
 
 def describe(

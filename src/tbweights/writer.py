@@ -179,8 +179,12 @@ class WeightWriter:
         tensors: Iterable[NamedTensor],
         step: int = 0,
         on_tensor: Callable[[NamedTensor], None] | None = None,
+        stats_of: Callable[[NamedTensor], TensorStats] | None = None,
     ) -> StepReport:
-        """Summarize a stream of tensors at `step`, then write the step's overview table."""
+        """Summarize a stream of tensors at `step`, then write the step's overview table.
+
+        `stats_of` supplies statistics computed elsewhere (by `convert --jobs` workers).
+        """
         report = StepReport(step=step)
         shapes: dict[str, tuple[int, ...]] = {}
         if self._check_init_pending:
@@ -192,7 +196,7 @@ class WeightWriter:
                 continue
             if on_tensor is not None:
                 on_tensor(tensor)
-            loaded = self._summarize(tensor, report)
+            loaded = self._summarize(tensor, report, stats_of)
             if loaded is None:
                 continue
             result, values = loaded
@@ -227,10 +231,19 @@ class WeightWriter:
         self._sink.flush()
         return report
 
-    def _summarize(self, tensor: NamedTensor, report: StepReport) -> tuple[TensorResult, Any] | None:
+    def _summarize(
+        self,
+        tensor: NamedTensor,
+        report: StepReport,
+        stats_of: Callable[[NamedTensor], TensorStats] | None = None,
+    ) -> tuple[TensorResult, Any] | None:
         try:
-            values = tensor.load()
-            stats = compute_stats(values, buckets=self.options.buckets, first=self.options.first)
+            values = None
+            if stats_of is not None:
+                stats = stats_of(tensor)
+            else:
+                values = tensor.load()
+                stats = compute_stats(values, buckets=self.options.buckets, first=self.options.first)
         except _TENSOR_ERRORS as error:
             reason = failure_reason(error)
             logger.warning("skipped tensor %r (%s, %s): %s", tensor.name, tensor.dtype, tensor.shape, reason)

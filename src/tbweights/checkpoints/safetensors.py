@@ -13,6 +13,7 @@ import json
 import mmap
 import struct
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import ml_dtypes
 import numpy as np
 
 from tbweights.checkpoints import Format, LoadOptions
+from tbweights.checkpoints.pages import PageWindow, watch
 from tbweights.errors import CheckpointError
 from tbweights.tensors import NamedTensor, guess_role
 
@@ -103,8 +105,15 @@ def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
     entries = _entries(path, header, data_start)
     with path.open("rb") as file:
         mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else None
-    for name, entry in entries:
-        yield _record(path, mapped, data_start, name, entry)
+    # Resident memory stays near one tensor: see `pages`.
+    window = PageWindow()
+    records = (_record(path, mapped, data_start, name, entry) for name, entry in entries)
+    for record in window.stream(records):
+        yield replace(record, load=watch(record.load, window, _span))
+
+
+def _span(array: np.ndarray) -> tuple[int, int]:
+    return array.ctypes.data, array.nbytes
 
 
 def _record(

@@ -17,6 +17,7 @@ from typing import Any
 
 from tbweights.checkpoints import Format, LoadOptions
 from tbweights.checkpoints.nesting import weight_tensors
+from tbweights.checkpoints.pages import PageWindow, file_mappings, watch
 from tbweights.errors import CheckpointError, MissingDependencyError, UnsafeCheckpointError
 from tbweights.tensors import NamedTensor, Role
 
@@ -97,6 +98,14 @@ def load_object(path: Path, options: LoadOptions) -> Any:
         ) from None
 
 
+def _is_mapped(path: Path) -> bool:
+    """Whether `load_object` memory-mapped the file (zip checkpoints, not TorchScript)."""
+    with path.open("rb") as file:
+        if file.read(4) != ZIP_MAGIC:
+            return False
+    return not _is_torchscript(_zip_members(path))
+
+
 def _unpickling_error(path: Path, error: Exception) -> CheckpointError:
     """Name what safe loading rejected, and how to allow it, from torch's message."""
     text = str(error)
@@ -140,6 +149,10 @@ def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
 
     torch = _import_torch()
     obj = load_object(path, options)
+    # Zip checkpoints are memory-mapped (see load_object): pages of tensors that lie in
+    # the file's mappings are dropped after each tensor. Other memory must not be.
+    mapped = _is_mapped(path)
+    window = PageWindow(within=file_mappings(path) if mapped else None)
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     pairs = weight_tensors(obj, torch_adapter.is_tensor, include_optimizer=options.include_optimizer)
@@ -152,7 +165,13 @@ def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
         role = Role.OPTIMIZER if options.include_optimizer and _looks_like_optimizer(name) else None
         record = torch_adapter.tensor_record(name, tensor, role)
         aliases = tuple(alias for alias, _ in members[1:])  # tied weights: logged once
-        yield NamedTensor(record.name, record.shape, record.dtype, record.load, record.role, aliases)
+        load = watch(record.load, window, _span) if mapped else record.load
+        yield NamedTensor(record.name, record.shape, record.dtype, load, record.role, aliases)
+        window.advance()
+
+
+def _span(tensor: Any) -> tuple[int, int]:
+    return tensor.data_ptr(), tensor.numel() * tensor.element_size()
 
 
 def _storage_key(tensor: Any) -> tuple[int, int, tuple[int, ...], Any] | None:
