@@ -96,6 +96,12 @@ def test_usage_error_exits_2() -> None:
     assert "--logdir" in result.stderr
 
 
+def test_failed_convert_leaves_no_event_file(tmp_path) -> None:
+    result = tbweights("convert", str(tmp_path / "missing.pt"), "--logdir", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert list((tmp_path / "run").iterdir()) == []
+
+
 def test_demo_writes_initial_mlp(tmp_path, read_run) -> None:
     result = tbweights("demo", "--logdir", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr

@@ -100,7 +100,13 @@ class RecordFile:
 
 
 class EventFile:
-    """One event file in `logdir`, opened on construction."""
+    """One event file in `logdir`, created at the first write.
+
+    The log directory is made and checked on construction, so a bad one fails
+    fast; the file itself waits for the first summary, so a call that fails before
+    writing anything (an unsupported model, unreadable checkpoints) leaves no
+    empty event file behind.
+    """
 
     def __init__(self, logdir: str | os.PathLike[str], filename_suffix: str = "") -> None:
         self.logdir = os.fspath(logdir)
@@ -112,18 +118,34 @@ class EventFile:
             raise EventFileError(
                 self.logdir, f"cannot create the log directory ({error.strerror}); choose another log directory"
             ) from None
+        if not os.access(self.logdir, os.W_OK | os.X_OK):
+            raise EventFileError(
+                self.logdir, "the log directory is not writable; check its permissions or choose another one"
+            )
         self.path = os.path.join(self.logdir, event_file_name(filename_suffix))
+        self._file: RecordFile | None = None
+        self._closed = False
+
+    def _open(self) -> RecordFile:
         try:
-            self._file = RecordFile(self.path)
+            record_file = RecordFile(self.path)
         except OSError as error:
             raise EventFileError(
                 self.path, f"cannot create the event file ({error.strerror}); check that the log directory is writable"
             ) from None
-        self.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self._file = record_file
+        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        return record_file
 
     def write(self, event: event_pb2.Event) -> None:
-        if self._file.closed:
+        if self._closed:
             raise EventFileError(self.path, "the event file is closed")
+        if self._file is None:
+            self._open()
+        self._write(event)
+
+    def _write(self, event: event_pb2.Event) -> None:
+        assert self._file is not None  # set by _open before any write
         try:
             self._file.write(frame_record(event.SerializeToString()))
         except OSError as error:
@@ -134,10 +156,12 @@ class EventFile:
         self.write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def flush(self) -> None:
-        self._file.flush()
+        if self._file is not None:
+            self._file.flush()
 
     def close(self) -> None:
-        if not self._file.closed:
+        self._closed = True
+        if self._file is not None and not self._file.closed:
             try:
                 self._file.close()
             except OSError as error:
