@@ -28,7 +28,9 @@ class WeightsCallback(keras.callbacks.Callback):  # type: ignore[misc]
     `logdir` is a directory (a new event file is made there) or a
     `WeightWriter` that stays open and is not closed by this callback. Other
     keyword arguments (`first`, `buckets`, `include`, `exclude`,
-    `include_buffers`) are passed to `WeightWriter`.
+    `include_buffers`, `scalars`, `track_change`, `check_init`) are passed to
+    `WeightWriter`. Steps go on across several `fit()` calls; `close()` closes
+    the event file this callback opened.
     """
 
     def __init__(
