@@ -369,3 +369,13 @@ def test_check_init_on_sharded_checkpoint(tmp_path) -> None:
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
     report = check_checkpoint(tmp_path)
     assert [f.verdict for f in report.findings] == [Verdict.CONSISTENT] * 4
+
+
+def test_scaled_default_names_the_default_ratio() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 128))
+    with torch.no_grad():
+        model[0].weight.mul_(10.0)
+    finding = check_init(model)["0.weight"]
+    assert finding.verdict is Verdict.SUSPICIOUS
+    assert "x the layer's default" in finding.reason

@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 # residual projections, normal(0, 0.02 / sqrt(2 * n_layer)), stay under it
 # (about 5x and 10x below 0.02 for 12 and 48 layers) and are reported `suspicious`.
 BROKEN_FACTOR = 10.0
+# A suspicious tensor whose std is this far from its layer's default says so too.
+DEFAULT_NOTE_FACTOR = 3.0
 # Beyond sampling noise, a std within this factor of the scheme's is `consistent`.
 STD_SLACK = 1.1
 # The distribution shape (uniform, truncated, normal) only counts from this many values on.
@@ -381,6 +383,11 @@ def _judge(base: _Finding, closest: Scheme, equivalents: Sequence[str]) -> InitF
             "matches fan_out mode: usual for conv kernels (torchvision's ResNet), but on a dense "
             "layer often a swap of fan_in and fan_out (PyTorch stores (out, in), Keras (in, out))"
         )
+    if problems and base.default is not None and base.default.name != closest.name:
+        # The closest scheme can hide a gross scaling error: say how far the layer's own default is.
+        default_ratio = std / base.default.std
+        if default_ratio >= DEFAULT_NOTE_FACTOR or default_ratio <= 1.0 / DEFAULT_NOTE_FACTOR:
+            problems.append(f"std is {default_ratio:.3g}x the layer's default ({base.default.name})")
     if problems:
         return base.make(closest, Verdict.SUSPICIOUS, "; ".join(problems))
     notes = []
