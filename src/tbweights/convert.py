@@ -82,7 +82,7 @@ def plan_steps(paths: Sequence[str | os.PathLike[str]], start_step: int | None =
     the order given. Otherwise the steps come from the names, sorted ascending
     (TensorBoard drops data written at a step lower than an earlier one). When a
     name has no number or two names give the same step, every checkpoint gets its
-    position in the list instead, and the plan says why.
+    position in the list instead, and the plan gives the reason.
     """
     names = merge_tensorflow_files([os.fspath(p) for p in paths])
     if start_step is not None:
@@ -137,7 +137,7 @@ def convert(
     With `jobs` > 1, worker processes compute the statistics of several checkpoints
     at once and this process writes them, in order: the run is the same as with one.
     An `EventFileError` (disk full, unwritable logdir) stops the conversion; the
-    event file then holds every record written before it.
+    event file then contains every record written before it.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")

@@ -103,8 +103,8 @@ class EventFile:
     """One event file in `logdir`, created at the first write.
 
     The log directory is made and checked on construction, so a bad one fails
-    fast; the file itself waits for the first summary, so a call that fails before
-    writing anything (an unsupported model, unreadable checkpoints) leaves no
+    fast. The file itself waits for the first summary. A call that fails before
+    writing anything (an unsupported model, unreadable checkpoints) then leaves no
     empty event file behind.
     """
 

@@ -10,14 +10,12 @@ so step N means "after N epochs" or "after N batches" respectively.
 from __future__ import annotations
 
 import logging
-
 import os
 from typing import Any
 
 import keras
 
 from tbweights.writer import WeightWriter
-
 
 logger = logging.getLogger(__name__)
 

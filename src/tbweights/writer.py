@@ -42,7 +42,7 @@ def failure_reason(error: BaseException) -> str:
 
 
 class SummarySink(Protocol):
-    """Where summaries go: an event file of ours, or a writer the user already has."""
+    """Destination of summaries: an event file of ours, or a writer the user already has."""
 
     def write_summary(self, step: int, values: list[summary_pb2.Summary.Value]) -> None: ...
     def flush(self) -> None: ...
@@ -51,7 +51,7 @@ class SummarySink(Protocol):
 
 @dataclass(frozen=True)
 class SummaryOptions:
-    """What to summarize and how; validated on construction."""
+    """Selection and format options of a writer, validated on construction."""
 
     first: int = DEFAULT_FIRST
     buckets: int = DEFAULT_BUCKETS
@@ -92,7 +92,7 @@ class Skipped:
 
 @dataclass
 class StepReport:
-    """What one call to `WeightWriter.log` wrote and what it skipped."""
+    """Record of one call to `WeightWriter.log`: the tensors written and the tensors skipped."""
 
     step: int
     results: list[TensorResult] = field(default_factory=list)

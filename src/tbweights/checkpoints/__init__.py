@@ -1,7 +1,7 @@
 """Open checkpoint files of any supported format as a stream of `NamedTensor`s.
 
 Formats are recognised by content first (magic bytes, zip members, header
-shape), and by file suffix only when the content says nothing. Each format lives
+shape), and by file suffix only when the content matches no format. Each format lives
 in its own module and registers a `Format` here.
 """
 
@@ -63,12 +63,12 @@ _FORMAT_MODULES: tuple[str, ...] = (
 
 
 def formats() -> list[Format]:
-    """Every registered format, in sniffing order."""
+    """Return every registered format, in sniffing order."""
     return [importlib.import_module(name).FORMAT for name in _FORMAT_MODULES]
 
 
 def read_head(path: Path) -> bytes:
-    """The first bytes of `path` (empty for a directory), with a clear error if unreadable."""
+    """Read the first bytes of `path` (none for a directory); raise a clear error if unreadable."""
     if not path.exists():
         raise CheckpointError(path, "no such file or directory")
     if path.is_dir():
@@ -83,7 +83,7 @@ def read_head(path: Path) -> bytes:
 
 
 def detect(path: str | os.PathLike[str]) -> Format:
-    """The format of the checkpoint at `path`, or a `CheckpointError` saying why none fits."""
+    """Find the format of the checkpoint at `path`; raise a `CheckpointError` if none fits."""
     path = Path(path)
     if not path.exists():
         for fmt in formats():

@@ -1,7 +1,7 @@
 """A folder that contains one model file, such as a Hugging Face Trainer's `checkpoint-500/`.
 
 Formats that are folders themselves (sharded indexes, distributed checkpoints,
-TensorFlow checkpoints, SavedModels) are sniffed first; this one comes last and
+TensorFlow checkpoints, SavedModels) are sniffed first. This one comes last, and it
 reads the folder's model file with that file's own format. Trainer folders also
 hold optimizer, scheduler and RNG state, and `training_args.bin` is a pickle of
 arbitrary objects, so those files are never picked.
@@ -42,7 +42,7 @@ def model_file(folder: Path) -> Path | None:
         return candidates[0]
     if candidates:
         names = ", ".join(path.name for path in candidates)
-        raise CheckpointError(folder, f"the folder holds several weight files ({names}); pass one of them")
+        raise CheckpointError(folder, f"the folder contains several weight files ({names}); pass one of them")
     return None
 
 
@@ -66,7 +66,7 @@ def _sniff(path: Path, head: bytes) -> bool:
 def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
     found = model_file(path)
     if found is None:
-        raise CheckpointError(path, "the folder holds no model weight file")
+        raise CheckpointError(path, "no model weight file found in the folder")
     yield from detect(found).read(found, options)
 
 

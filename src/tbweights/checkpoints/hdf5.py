@@ -70,7 +70,9 @@ class H5Source:
         except (OSError, zipfile.BadZipFile, KeyError) as error:
             self.close()
             where = f"member {self.member} " if self.member else ""
-            raise CheckpointError(self.path, f"cannot open the HDF5 {where}({error}); the file is corrupt or truncated") from None
+            raise CheckpointError(
+                self.path, f"cannot open the HDF5 {where}({error}); the file is corrupt or truncated"
+            ) from None
 
     def dataset_array(self, h5_path: str) -> np.ndarray:
         dataset = self.file[h5_path]

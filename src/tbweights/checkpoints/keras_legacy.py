@@ -65,7 +65,9 @@ def _model_tensors(path: Path, source: H5Source) -> Iterator[NamedTensor]:
     weights = root[weights_path] if weights_path else root
     layer_names = string_list_attribute(weights, "layer_names")
     if layer_names is None:
-        raise CheckpointError(path, "the Keras 2 weights group has no layer_names attribute; the file is not a Keras 2 model")
+        raise CheckpointError(
+            path, "the Keras 2 weights group has no layer_names attribute; the file is not a Keras 2 model"
+        )
     for layer in layer_names:
         if layer not in weights:
             raise CheckpointError(path, f"layer {layer!r} is listed in layer_names but has no group in the file")
@@ -73,7 +75,9 @@ def _model_tensors(path: Path, source: H5Source) -> Iterator[NamedTensor]:
         for weight_name in string_list_attribute(group, "weight_names") or []:
             h5_path = "/".join(p for p in (weights_path, layer, weight_name) if p)
             if h5_path not in root:
-                raise CheckpointError(path, f"weight {weight_name!r} of layer {layer!r} is listed but missing from the file")
+                raise CheckpointError(
+                    path, f"weight {weight_name!r} of layer {layer!r} is listed but missing from the file"
+                )
             yield _record(source, h5_path, variable_name(layer, weight_name))
 
 

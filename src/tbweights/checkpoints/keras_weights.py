@@ -89,7 +89,9 @@ class KerasWeightsWalker:
         self, h5_path: str, group: Any, names: tuple[str, ...], config: dict[str, Any] | None, *, is_root: bool = False
     ) -> Iterator[NamedTensor]:
         if VARS in group:
-            class_key = to_snake_case(config["class_name"]) if config else class_key_from_group(h5_path.rsplit("/", 1)[-1])
+            class_key = (
+                to_snake_case(config["class_name"]) if config else class_key_from_group(h5_path.rsplit("/", 1)[-1])
+            )
             yield from self._layer_variables(f"{h5_path}/{VARS}".lstrip("/"), group[VARS], names, class_key, config)
         for key in sorted(group.keys(), key=_natural_key):
             child = group[key]
@@ -157,7 +159,9 @@ class KerasWeightsWalker:
         variables = group[VARS]
         for key in sorted((k for k in variables.keys() if k.isdigit()), key=int):
             note = f"optimizer variable {key}; Keras weight files store optimizer variables by position only"
-            yield self._record(f"{h5_path}/{VARS}/{key}", variables[key], f"{OPTIMIZER}/{VARS}/{key}", Role.OPTIMIZER, note)
+            yield self._record(
+                f"{h5_path}/{VARS}/{key}", variables[key], f"{OPTIMIZER}/{VARS}/{key}", Role.OPTIMIZER, note
+            )
 
     def _record(self, h5_path: str, dataset: Any, name: str, role: Role, note: str) -> NamedTensor:
         source = self.source

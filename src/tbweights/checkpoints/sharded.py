@@ -41,7 +41,9 @@ def find_index(path: Path) -> Path:
         candidates = safetensors if len(safetensors) == 1 else candidates
     if len(candidates) != 1:
         names = ", ".join(p.name for p in candidates) or "none"
-        raise CheckpointError(path, f"expected one *{INDEX_SUFFIX} file in the directory, found {names}; pass the index file itself")
+        raise CheckpointError(
+            path, f"expected one *{INDEX_SUFFIX} file in the directory, found {names}; pass the index file itself"
+        )
     return candidates[0]
 
 
@@ -60,7 +62,7 @@ def read_weight_map(index: Path) -> dict[str, str]:
         raise CheckpointError(index, f"cannot read the index as JSON: {error}") from None
     weight_map = content.get("weight_map") if isinstance(content, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CheckpointError(index, "the index has no \"weight_map\" object mapping tensor names to shard files")
+        raise CheckpointError(index, 'the index has no "weight_map" object mapping tensor names to shard files')
     return {str(name): shard for name, shard in weight_map.items()}
 
 
@@ -91,7 +93,9 @@ def _failing(name: str, error: CheckpointError) -> NamedTensor:
 def _shard_tensors(index: Path, shard: Path, names: list[str], options: LoadOptions) -> Iterator[NamedTensor]:
     """The tensors the index assigns to one shard, in the shard's own order."""
     if not shard.is_file():
-        missing = CheckpointError(shard, f"shard file listed in {index.name} is missing; download or copy it next to the index")
+        missing = CheckpointError(
+            shard, f"shard file listed in {index.name} is missing; download or copy it next to the index"
+        )
         for name in names:
             yield _failing(name, missing)
         return
@@ -102,9 +106,19 @@ def _shard_tensors(index: Path, shard: Path, names: list[str], options: LoadOpti
     for name in [n for n in records if n in names] + [n for n in names if n not in present]:
         record = records.get(name)
         if record is None:
-            yield _failing(name, CheckpointError(shard, f"tensor {name!r} is listed in {index.name} but not in this shard"))
+            yield _failing(
+                name, CheckpointError(shard, f"tensor {name!r} is listed in {index.name} but not in this shard")
+            )
             continue
-        yield NamedTensor(record.name, record.shape, record.dtype, _released_when_done(shard, name, loaders), record.role, record.aliases, record.note)
+        yield NamedTensor(
+            record.name,
+            record.shape,
+            record.dtype,
+            _released_when_done(shard, name, loaders),
+            record.role,
+            record.aliases,
+            record.note,
+        )
     # The shard is done: drop its loaders and records so its memory map is released.
     loaders.clear()
     records.clear()

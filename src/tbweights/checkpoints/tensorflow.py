@@ -154,7 +154,9 @@ def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
     missing = bundle.missing_data_files()
     if missing:
         missing_names = ", ".join(p.name for p in missing)
-        raise CheckpointError(prefix, f"data file(s) missing: {missing_names}; copy every .data-* file of the checkpoint")
+        raise CheckpointError(
+            prefix, f"data file(s) missing: {missing_names}; copy every .data-* file of the checkpoint"
+        )
     names = _entry_names(bundle)
     for key, entry in bundle.entries.items():
         if entry.dtype_name == "DT_STRING" or key == GRAPH_KEY:

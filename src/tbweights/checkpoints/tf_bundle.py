@@ -167,10 +167,14 @@ class TensorBundle:
         try:
             proto.ParseFromString(value)
         except DecodeError:
-            raise CheckpointError(self.index_path, f"the index entry for {key!r} is not a valid BundleEntryProto") from None
+            raise CheckpointError(
+                self.index_path, f"the index entry for {key!r} is not a valid BundleEntryProto"
+            ) from None
         self.entries[key] = BundleEntry(
             key=key,
-            dtype_name=types_pb2.DataType.Name(proto.dtype) if proto.dtype in types_pb2.DataType.values() else str(proto.dtype),
+            dtype_name=types_pb2.DataType.Name(proto.dtype)
+            if proto.dtype in types_pb2.DataType.values()
+            else str(proto.dtype),
             shape=tuple(dim.size for dim in proto.shape.dim),
             shard_id=proto.shard_id,
             offset=proto.offset,
@@ -262,4 +266,3 @@ def unpack_string_scalar(raw: bytes) -> bytes:
     if start + length > len(raw):
         raise ValueError("string tensor shorter than its stated length")
     return raw[start : start + length]
-

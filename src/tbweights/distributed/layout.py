@@ -64,7 +64,9 @@ def clean_name(name: str) -> str:
     return name
 
 
-def _sharded_record(name: str, shape: tuple[int, ...], dtype: torch.dtype, role: Role | None, aliases: tuple[str, ...]) -> NamedTensor:
+def _sharded_record(
+    name: str, shape: tuple[int, ...], dtype: torch.dtype, role: Role | None, aliases: tuple[str, ...]
+) -> NamedTensor:
     def load() -> Any:
         raise TypeError(
             f"{name!r} is sharded across processes and has no full copy here; "
@@ -239,7 +241,14 @@ def _identity(flat_index: int) -> int | None:
     return flat_index
 
 
-def _tensor_part(name: str, tensor: torch.Tensor, role: Role | None, aliases: tuple[str, ...], group: Any, group_ranks: frozenset[int]) -> LocalPart:
+def _tensor_part(
+    name: str,
+    tensor: torch.Tensor,
+    role: Role | None,
+    aliases: tuple[str, ...],
+    group: Any,
+    group_ranks: frozenset[int],
+) -> LocalPart:
     record = _sharded_record(name, tuple(tensor.shape), tensor.dtype, role, aliases)
     if is_dtensor(tensor):
         return dtensor_part(record, tensor, group_ranks)
@@ -275,7 +284,9 @@ def local_parts(model: Any, group: Any, include_buffers: bool = False) -> Iterat
             yield _tensor_part(clean_name(name), tensor, role, aliases, group, group_ranks)
 
 
-def _grouped_tensors(module: torch.nn.Module, include_buffers: bool) -> Iterator[tuple[int, list[tuple[str, torch.Tensor]], Role | None]]:
+def _grouped_tensors(
+    module: torch.nn.Module, include_buffers: bool
+) -> Iterator[tuple[int, list[tuple[str, torch.Tensor]], Role | None]]:
     """(id, [(name, tensor), ...], role) per distinct tensor, tied names grouped."""
     groups: dict[int, list[tuple[str, torch.Tensor]]] = {}
     for name, param in module.named_parameters(remove_duplicate=False):

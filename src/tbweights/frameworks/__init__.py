@@ -1,7 +1,7 @@
 """Walk live models of any supported framework into `NamedTensor`s.
 
 An adapter is considered only when its framework's module is already in
-`sys.modules`: a user who holds a torch model has imported torch, so the check
+`sys.modules`: a user with a torch model has already imported torch, so the check
 costs nothing and `import tbweights` never imports a framework.
 """
 
@@ -29,7 +29,7 @@ _NUMPY_ADAPTER = "tbweights.frameworks.numpy"
 
 @dataclass(frozen=True)
 class WalkOptions:
-    """What to take from a live model."""
+    """Options for walking a live model."""
 
     include_buffers: bool = False
 
