@@ -13,6 +13,7 @@ equal to the file's.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import zipfile
@@ -92,4 +93,6 @@ def main(workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "examples/_downloads")
+    parser = argparse.ArgumentParser(description="Convert all-MiniLM-L6-v2 and check the result.")
+    parser.add_argument("workdir", nargs="?", default="examples/_downloads", help="folder for downloads and runs")
+    main(parser.parse_args().workdir)

@@ -6,7 +6,7 @@ tensorboard --logdir runs/mlp-init
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import torch
 
@@ -33,4 +33,6 @@ def main(logdir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/mlp-init")
+    parser = argparse.ArgumentParser(description="Log the initial weights of a 784-128-10 MLP at step 0.")
+    parser.add_argument("logdir", nargs="?", default="runs/mlp-init", help="log directory (default runs/mlp-init)")
+    main(parser.parse_args().logdir)

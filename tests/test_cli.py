@@ -99,6 +99,7 @@ def test_usage_error_exits_2() -> None:
 def test_failed_convert_leaves_no_event_file(tmp_path) -> None:
     result = tbweights("convert", str(tmp_path / "missing.pt"), "--logdir", str(tmp_path / "run"))
     assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.pt'}: no such file or directory"]
     assert list((tmp_path / "run").iterdir()) == []
 
 

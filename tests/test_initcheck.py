@@ -379,3 +379,13 @@ def test_scaled_default_names_the_default_ratio() -> None:
     finding = check_init(model)["0.weight"]
     assert finding.verdict is Verdict.SUSPICIOUS
     assert "x the layer's default" in finding.reason
+
+
+def test_conv_default_beats_xavier_by_bounds() -> None:
+    """A 3-channel conv's default init and Xavier have close stds; the bounds tell them apart."""
+    picked = []
+    for seed in range(10):
+        torch.manual_seed(seed)
+        finding = check_init(nn.Sequential(nn.Conv2d(3, 16, 3)))["0.weight"]
+        picked.append(finding.scheme)
+    assert picked.count("PyTorch default U(±1/sqrt(fan_in))") >= 8

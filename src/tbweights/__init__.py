@@ -23,6 +23,18 @@ from tbweights.writer import StepReport, WeightWriter, log_weights
 
 __version__ = "0.1.0"
 
+# Submodules that import a framework load on first access, so `import tbweights`
+# stays framework-free while `tbweights.keras.WeightsCallback` still works.
+_LAZY_SUBMODULES = ("keras", "distributed")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"tbweights.{name}")
+    raise AttributeError(f"module 'tbweights' has no attribute {name!r}")
+
 __all__ = [
     "CheckpointError",
     "InitFinding",

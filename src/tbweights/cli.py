@@ -224,7 +224,7 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
     if report.steps:
         out.result(f"wrote {len(report.steps)} step(s) to {report.event_file}")
         out.result(f"open it with: tensorboard --logdir {report.logdir}")
-    if report.failed:
+    if report.failed and len(checkpoints) > 1:
         out.error(f"{len(report.failed)} of {len(checkpoints)} checkpoint(s) skipped; see the errors above")
     if skipped_tensors:
         out.error(f"{skipped_tensors} tensor(s) skipped; see the warnings above")

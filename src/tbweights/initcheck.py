@@ -199,10 +199,12 @@ def check_tensor(
     if not candidates:
         return base.make(None, Verdict.UNCHECKED, "no fan-in known: a 1-D tensor with no weight or kernel beside it")
     ranked = sorted(candidates, key=lambda scheme: _distance(scheme, stats))
-    if default in ranked and stats.count < _SHAPE_MIN_COUNT and _std_within_noise(default, stats):
-        # Too few values to tell schemes of similar std apart: keep the default if it fits.
-        ranked.remove(default)
-        ranked.insert(0, default)
+    if default in ranked and _std_within_noise(default, stats):
+        # Keep the default if it fits and the std alone cannot tell it from the closest
+        # scheme: too few values, or values beyond the closest scheme's own bound.
+        if stats.count < _SHAPE_MIN_COUNT or (_beyond_bound(ranked[0], stats) and not _beyond_bound(default, stats)):
+            ranked.remove(default)
+            ranked.insert(0, default)
     return _judge(base, ranked[0], _equivalents(ranked))
 
 
@@ -329,6 +331,14 @@ def _distance(scheme: Scheme, stats: TensorStats) -> float:
         expected = scheme.typical_max_deviation(stats.finite) / scheme.std
         distance += abs(math.log(spread / expected))
     return distance
+
+
+def _beyond_bound(scheme: Scheme, stats: TensorStats) -> bool:
+    """Tell whether a value lies outside the scheme's hard bound (uniform, truncated normal)."""
+    if scheme.bound is None:
+        return False
+    reach = max((stats.max or 0.0) - scheme.mean, scheme.mean - (stats.min or 0.0))
+    return reach > scheme.bound * (1.0 + 1e-6)
 
 
 def _equivalents(ranked: Sequence[Scheme]) -> list[str]:
