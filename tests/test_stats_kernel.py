@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.util import tensor_util
@@ -37,7 +37,8 @@ def reference(values: np.ndarray, buckets: int) -> np.ndarray:
 def with_boundaries(base: np.ndarray, buckets: int, dtype: type) -> np.ndarray:
     """`base` plus values on (and one float32 step either side of) every bucket edge."""
     base = base[np.isfinite(base.astype(dtype).astype(np.float64))]
-    assume(base.size > 0)
+    if base.size == 0:
+        return base.astype(dtype)
     low, high = float(base.min()), float(base.max())
     edges = np.linspace(low, high, buckets + 1)
     near = np.concatenate([edges, np.nextafter(edges.astype(np.float32), np.float32(np.inf)),
