@@ -153,6 +153,22 @@ def test_cli_converts_checkpoint_prefix(files: dict[str, Any], tmp_path: Path, r
     assert histogram[0, 0] == pytest.approx(float(kernel.min()))
 
 
+def test_cli_folder_takes_latest_step(files: dict[str, Any], tmp_path: Path, read_run: Any) -> None:
+    logdir = tmp_path / "run"
+    folder = files["prefix"].parent
+    assert cli_main(["convert", str(folder), "--logdir", str(logdir), "--quiet"]) == 0
+    # The folder's `checkpoint` file names ckpt-1, so the step is 1, not a position.
+    assert read_run(logdir).steps("tbweights/overview") == [1]
+
+
+def test_cli_glob_lists_each_checkpoint_once(files: dict[str, Any], tmp_path: Path, read_run: Any) -> None:
+    logdir = tmp_path / "run"
+    paths = sorted(str(p) for p in files["prefix"].parent.glob("ckpt-*"))
+    assert len(paths) == 2  # the .index and the .data file of ckpt-1
+    assert cli_main(["convert", *paths, "--logdir", str(logdir), "--quiet"]) == 0
+    assert read_run(logdir).steps("tbweights/overview") == [1]
+
+
 def test_missing_data_file_is_reported(files: dict[str, Any], tmp_path: Path) -> None:
     index = files["prefix"].with_name(files["prefix"].name + ".index")
     copy = tmp_path / "lonely.index"

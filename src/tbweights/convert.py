@@ -37,6 +37,9 @@ def step_from_path(path: str | os.PathLike[str]) -> int | None:
     Numbers beyond TensorBoard's int64 steps are ignored.
     """
     path = Path(path)
+    latest = _latest_tensorflow_checkpoint(path) if path.is_dir() else None
+    if latest is not None:
+        path = path / latest  # a TensorFlow folder: the step of the checkpoint it reads
     name = path.name if path.is_dir() else path.name.split(".", 1)[0]
     name = _SHARD_SUFFIX.sub("", name)  # model-00001-of-00002 is a shard, not step 2
     for part in (name, path.parent.name):
@@ -64,6 +67,16 @@ def merge_tensorflow_files(paths: list[str]) -> list[str]:
         if path not in merged:
             merged.append(path)
     return merged
+
+
+def _latest_tensorflow_checkpoint(folder: Path) -> str | None:
+    """Read the prefix named by a TensorFlow `checkpoint` file, such as `ckpt-2`."""
+    try:
+        text = (folder / "checkpoint").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    match = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', text, re.M)
+    return Path(match.group(1)).name if match else None
 
 
 @dataclass(frozen=True)
