@@ -160,3 +160,12 @@ def test_show_into_closed_pipe(checkpoints) -> None:
     command = f"{sys.executable} -m tbweights show {checkpoints[0]} | head -c 10"
     result = subprocess.run(command, shell=True, capture_output=True, text=True)
     assert "Traceback" not in result.stderr
+
+
+def test_convert_warns_about_a_lone_shard(tmp_path, read_run) -> None:
+    path = tmp_path / "model-00001-of-00002.safetensors"
+    save_file({"w": np.ones(4, np.float32)}, str(path))
+    result = tbweights("convert", str(path), "--logdir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert "is one shard of a sharded checkpoint; pass its folder or index file" in result.stderr
+    assert read_run(tmp_path / "run").steps("w") == [0]

@@ -209,6 +209,8 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
         )
     if report.step_warning:
         out.warn(report.step_warning)
+    for warning in report.shard_warnings:
+        out.warn(warning)
     skipped_tensors = 0
     for path, step_report in report.steps:
         out.result(f"step {step_report.step}: {len(step_report.results)} tensors from {path}")

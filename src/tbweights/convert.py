@@ -129,6 +129,7 @@ class ConvertReport:
     logdir: str
     event_file: str | None = None
     step_warning: str | None = None
+    shard_warnings: list[str] = field(default_factory=list)
     steps: list[tuple[str, StepReport]] = field(default_factory=list)
     failed: list[FailedCheckpoint] = field(default_factory=list)
 
@@ -158,6 +159,11 @@ def convert(
         raise ValueError("track_change and check_init need the tensors' values in this process; use jobs=1")
     plan = plan_steps(paths, start_step)
     report = ConvertReport(logdir=os.fspath(logdir), step_warning=plan.warning)
+    report.shard_warnings = [
+        f"{path} is one shard of a sharded checkpoint; pass its folder or index file to read the whole model"
+        for path in plan.paths
+        if _SHARD_SUFFIX.search(Path(path).name.split(".", 1)[0])
+    ]
     with WeightWriter(logdir, **writer_options) as writer:  # type: ignore[arg-type]
         report.event_file = writer.path
         outcomes = _outcomes(plan.paths, load_options, writer, jobs)
