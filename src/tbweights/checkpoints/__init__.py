@@ -7,8 +7,10 @@ in its own module and registers a `Format` here.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from tbweights.errors import CheckpointError
 from tbweights.tensors import NamedTensor
 
 HEAD_BYTES = 64
+ZIP_MAGIC = b"PK\x03\x04"
 _LFS_POINTER = b"version https://git-lfs"
 
 
@@ -60,6 +63,29 @@ _FORMAT_MODULES: tuple[str, ...] = (
     "tbweights.checkpoints.torch",
     "tbweights.checkpoints.folder",
 )
+
+
+def zip_members(path: Path) -> list[str]:
+    """List the member names of a zip file, or return [] when it is not a readable zip.
+
+    Several formats are zips (torch, NumPy `.npz`, `.keras`), so detection asks for
+    one file's members several times; the result is cached per file version.
+    """
+    try:
+        status = path.stat()
+    except OSError:
+        return []
+    return list(_zip_members(os.fspath(path), status.st_size, status.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=32)
+def _zip_members(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    del size, mtime_ns  # part of the cache key only: a rewritten file is read again
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return tuple(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return ()
 
 
 def formats() -> list[Format]:

@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tbweights.checkpoints import Format, LoadOptions
+from tbweights.checkpoints import ZIP_MAGIC, Format, LoadOptions, zip_members
 from tbweights.checkpoints.hdf5 import H5Source
 from tbweights.checkpoints.keras_weights import KerasWeightsWalker
 from tbweights.errors import CheckpointError
 from tbweights.tensors import NamedTensor
 
-ZIP_MAGIC = b"PK\x03\x04"
 CONFIG_MEMBER = "config.json"
 WEIGHTS_MEMBER = "model.weights.h5"
 NPZ_WEIGHTS_MEMBER = "model.weights.npz"
@@ -29,18 +28,11 @@ NPZ_WEIGHTS_MEMBER = "model.weights.npz"
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 
 
-def _members(path: Path) -> list[str]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return []
-
 
 def _sniff(path: Path, head: bytes) -> bool:
     if not head.startswith(ZIP_MAGIC):
         return False
-    members = _members(path)
+    members = zip_members(path)
     return CONFIG_MEMBER in members and (WEIGHTS_MEMBER in members or NPZ_WEIGHTS_MEMBER in members)
 
 
@@ -62,7 +54,7 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
-    if WEIGHTS_MEMBER not in _members(path):
+    if WEIGHTS_MEMBER not in zip_members(path):
         raise CheckpointError(
             path,
             f"the archive stores its weights as {NPZ_WEIGHTS_MEMBER}, which tbweights does not read yet; "

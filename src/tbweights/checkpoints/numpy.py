@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from tbweights.checkpoints import Format, LoadOptions
+from tbweights.checkpoints import ZIP_MAGIC, Format, LoadOptions, zip_members
 from tbweights.errors import CheckpointError, UnsafeCheckpointError
+from tbweights.frameworks.numpy import tensor_record
 from tbweights.tensors import NamedTensor, guess_role
 
 NPY_MAGIC = b"\x93NUMPY"
-ZIP_MAGIC = b"PK\x03\x04"
 TRUST_HINT = "pass --trust-checkpoint (Python: trust=True) only if you trust this file"
 
 
@@ -23,11 +23,7 @@ def _sniff(path: Path, head: bytes) -> bool:
         return True
     if not head.startswith(ZIP_MAGIC):
         return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
+    names = zip_members(path)
     return bool(names) and all(name.endswith(".npy") for name in names)
 
 
@@ -60,7 +56,7 @@ def _npy_header(stream: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
 def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
     if _head(path).startswith(NPY_MAGIC):
         array = _load_npy(path, path.stem, options)
-        yield _record(path.stem, array)
+        yield tensor_record(path.stem, array)
         return
     try:
         archive = np.load(path, allow_pickle=options.trust)
@@ -105,15 +101,6 @@ def _lazy_member(path: Path, archive: np.lib.npyio.NpzFile, member: str) -> Name
         name=member, shape=tuple(shape), dtype=str(dtype), load=load, role=guess_role(member, len(shape))
     )
 
-
-def _record(name: str, array: np.ndarray) -> NamedTensor:
-    return NamedTensor(
-        name=name,
-        shape=tuple(array.shape),
-        dtype=str(array.dtype),
-        load=lambda: array,
-        role=guess_role(name, array.ndim),
-    )
 
 
 FORMAT = Format(name="numpy", sniff=_sniff, read=_read, suffixes=(".npy", ".npz"))

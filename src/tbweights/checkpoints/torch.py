@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tbweights.checkpoints import Format, LoadOptions
+from tbweights.checkpoints import ZIP_MAGIC, Format, LoadOptions, zip_members
 from tbweights.checkpoints.nesting import weight_tensors
 from tbweights.checkpoints.pages import PageWindow, file_mappings, watch
 from tbweights.errors import CheckpointError, MissingDependencyError, UnsafeCheckpointError
 from tbweights.tensors import NamedTensor, Role
 
-ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTOCOL_2_PLUS = b"\x80"
 TRUST_FLAG = "--trust-checkpoint (Python: trust=True)"
 # Modules whose globals read files, run programs or evaluate code: a pickle that
@@ -32,13 +31,6 @@ CODE_MODULES = frozenset(
 )
 
 
-def _zip_members(path: Path) -> list[str]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return []
-
 
 def _sniff(path: Path, head: bytes) -> bool:
     if head.startswith(PICKLE_PROTOCOL_2_PLUS):
@@ -46,7 +38,7 @@ def _sniff(path: Path, head: bytes) -> bool:
     if not head.startswith(ZIP_MAGIC):
         return False
     # The zip's inner folder name need not match the file name: look for any */data.pkl.
-    return any(name.endswith("data.pkl") for name in _zip_members(path))
+    return any(name.endswith("data.pkl") for name in zip_members(path))
 
 
 def _is_torchscript(members: list[str]) -> bool:
@@ -73,7 +65,7 @@ def load_object(path: Path, options: LoadOptions) -> Any:
         raise CheckpointError(
             path, f"not a PyTorch checkpoint: it starts with {head!r}, neither a zip archive nor a pickle"
         )
-    members = _zip_members(path) if is_zip else []
+    members = zip_members(path) if is_zip else []
     if is_zip and not members:
         raise CheckpointError(path, "the zip archive is corrupt or truncated")
     if _is_torchscript(members):
@@ -103,7 +95,7 @@ def _is_mapped(path: Path) -> bool:
     with path.open("rb") as file:
         if file.read(4) != ZIP_MAGIC:
             return False
-    return not _is_torchscript(_zip_members(path))
+    return not _is_torchscript(zip_members(path))
 
 
 def _unpickling_error(path: Path, error: Exception) -> CheckpointError:
