@@ -32,7 +32,6 @@ import numpy as np
 from tbweights import dtypes
 from tbweights.stats_chunks import (
     SMALL_FLOATS,
-    ChunkMoments,
     ExactBucketer,
     FloatBucketer,
     PackedCounter,
@@ -41,6 +40,7 @@ from tbweights.stats_chunks import (
     squared_deviations,
     work_dtype,
 )
+from tbweights.stats_chunks import Moments as Moments  # part of this module's API, defined beside its kernel
 
 _T = TypeVar("_T")
 
@@ -107,36 +107,6 @@ def _map(function: Callable[[np.ndarray], _T], flat: np.ndarray, chunk: int) -> 
         return [function(flat)]
     pool = _executor(len(ranges))
     return list(pool.map(lambda r: function(flat[r[0] : r[1]]), ranges))
-
-
-@dataclass
-class Moments:
-    """First-pass results for a set of values; `merge` combines two shards."""
-
-    count: int = 0
-    nan: int = 0
-    posinf: int = 0
-    neginf: int = 0
-    zeros: int = 0
-    min: float = math.inf
-    max: float = -math.inf
-    total: float = 0.0
-
-    @property
-    def finite(self) -> int:
-        return self.count - self.nan - self.posinf - self.neginf
-
-    def merge(self, other: Moments) -> Moments:
-        return Moments(
-            count=self.count + other.count,
-            nan=self.nan + other.nan,
-            posinf=self.posinf + other.posinf,
-            neginf=self.neginf + other.neginf,
-            zeros=self.zeros + other.zeros,
-            min=min(self.min, other.min),
-            max=max(self.max, other.max),
-            total=self.total + other.total,
-        )
 
 
 @dataclass
@@ -226,14 +196,11 @@ def scan_moments(flat: np.ndarray, chunk: int = CHUNK_ELEMENTS) -> Moments:
 
 
 def _moments_of(flat: np.ndarray, chunk: int) -> Moments:
-    acc = ChunkMoments()
+    moments = Moments(count=int(flat.size))
     flags = np.empty(min(chunk, max(flat.size, 1)), dtype=np.bool_)
     for part in iter_chunks(flat, chunk):
-        add_moments(part, acc, flags)
-    return Moments(
-        count=int(flat.size), nan=acc.nan, posinf=acc.posinf, neginf=acc.neginf,
-        zeros=acc.zeros, min=acc.min, max=acc.max, total=acc.total,
-    )
+        add_moments(part, moments, flags)
+    return moments
 
 
 def scan_buckets(

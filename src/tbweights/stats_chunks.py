@@ -91,9 +91,10 @@ class Upcaster:
 
 
 @dataclass
-class ChunkMoments:
-    """First-pass sums of one worker; merged into `stats.Moments` by the caller."""
+class Moments:
+    """First-pass results for a set of values; `merge` combines two shards."""
 
+    count: int = 0
     nan: int = 0
     posinf: int = 0
     neginf: int = 0
@@ -102,8 +103,24 @@ class ChunkMoments:
     max: float = -math.inf
     total: float = 0.0
 
+    @property
+    def finite(self) -> int:
+        return self.count - self.nan - self.posinf - self.neginf
 
-def add_moments(part: np.ndarray, acc: ChunkMoments, flags: np.ndarray) -> None:
+    def merge(self, other: Moments) -> Moments:
+        return Moments(
+            count=self.count + other.count,
+            nan=self.nan + other.nan,
+            posinf=self.posinf + other.posinf,
+            neginf=self.neginf + other.neginf,
+            zeros=self.zeros + other.zeros,
+            min=min(self.min, other.min),
+            max=max(self.max, other.max),
+            total=self.total + other.total,
+        )
+
+
+def add_moments(part: np.ndarray, acc: Moments, flags: np.ndarray) -> None:
     """Accumulate one work-dtype chunk into `acc`; `flags` is a bool scratch buffer."""
     low, high = np.minimum.reduce(part), np.maximum.reduce(part)
     if not (math.isfinite(low) and math.isfinite(high)):
@@ -120,7 +137,7 @@ def add_moments(part: np.ndarray, acc: ChunkMoments, flags: np.ndarray) -> None:
     acc.total += float(np.add.reduce(part, dtype=np.float64))
 
 
-def _drop_nonfinite(part: np.ndarray, acc: ChunkMoments) -> np.ndarray:
+def _drop_nonfinite(part: np.ndarray, acc: Moments) -> np.ndarray:
     nan = np.isnan(part)
     posinf = np.isposinf(part)
     neginf = np.isneginf(part)
