@@ -65,7 +65,10 @@ def test_kernel_matches_numpy(array: np.ndarray, k: int) -> None:
     assert (rows[1:, 0] == rows[:-1, 1]).all()
 
     if finite.size == 0:
-        assert stats.min is None and stats.max is None and stats.mean is None and stats.std is None
+        assert stats.min is None
+        assert stats.max is None
+        assert stats.mean is None
+        assert stats.std is None
         assert (rows == 0).all()
         return
     assert stats.min == finite.min()
@@ -75,8 +78,10 @@ def test_kernel_matches_numpy(array: np.ndarray, k: int) -> None:
 
     mean, std = reference_mean_std(finite)
     spread = float(np.max(np.abs(finite)))
-    assert stats.mean is not None and stats.std is not None
-    assert math.isfinite(stats.mean) and math.isfinite(stats.std)
+    assert stats.mean is not None
+    assert stats.std is not None
+    assert math.isfinite(stats.mean)
+    assert math.isfinite(stats.std)
     assert stats.min <= stats.mean <= stats.max
     assert math.isclose(stats.mean, mean, rel_tol=1e-9, abs_tol=1e-12 * spread)
     assert math.isclose(stats.std, std, rel_tol=1e-6, abs_tol=1e-9 * spread)

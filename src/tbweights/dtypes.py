@@ -2,7 +2,7 @@
 
 The kernel reads real numbers: floats (including the `ml_dtypes` floats NumPy
 lacks), integers and bool. This module brings everything else to that form, or
-raises a `TensorError` that says why it cannot:
+raises a `TensorError` that gives the reason it cannot:
 
 - complex: the statistics and histogram are those of the magnitude |z|; the
   first values stay complex (`complex_magnitude`, `first_source`);
@@ -65,7 +65,7 @@ _TORCH_VIEWS = (
 
 
 def is_summarizable(dtype: np.dtype) -> bool:
-    """Whether the kernel reads `dtype` directly (real floats, integers, bool)."""
+    """Tell whether the kernel reads `dtype` directly (real floats, integers, bool)."""
     return dtype.kind in "fiub" or dtype in SMALL_FLOATS
 
 
@@ -131,7 +131,7 @@ def torch_to_numpy(tensor: Any, name: str = DEFAULT_NAME) -> np.ndarray:
 
 
 def plain_torch_tensor(tensor: Any, name: str = DEFAULT_NAME) -> Any:
-    """A detached, dense, contiguous CPU tensor with the same values, or `TensorError`."""
+    """Return a detached, dense, contiguous CPU tensor with the same values, or raise `TensorError`."""
     torch = sys.modules["torch"]
     _reject_valueless(torch, tensor, name)
     tensor = tensor.detach()

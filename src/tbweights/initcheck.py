@@ -8,9 +8,9 @@ standard deviation and, for tensors of 256 values or more, how far the largest
 |w - mean| lies in standard deviations, which separates uniform, truncated
 normal and normal draws. The verdict is:
 
-- `broken`: NaN or Inf values; all zeros (or any constant) where every common
-  scheme draws random values; or a std more than `BROKEN_FACTOR` times off the
-  closest scheme's.
+- `broken`: NaN or Inf values, or all zeros (or any constant) where every
+  common scheme draws random values, or a std more than `BROKEN_FACTOR` times
+  off the closest scheme's.
 - `suspicious`: a std off by more than sampling noise plus `STD_SLACK`, a mean
   far from 0, values beyond the scheme's bound, fan_out mode on a dense layer,
   or a norm layer's scale or shift that is not constant.
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 # residual projections, normal(0, 0.02 / sqrt(2 * n_layer)), stay under it
 # (about 5x and 10x below 0.02 for 12 and 48 layers) and are reported `suspicious`.
 BROKEN_FACTOR = 10.0
-# A suspicious tensor whose std is this far from its layer's default says so too.
+# A suspicious tensor whose std is this far from its layer's default reports that ratio too.
 DEFAULT_NOTE_FACTOR = 3.0
 # Beyond sampling noise, a std within this factor of the scheme's is `consistent`.
 STD_SLACK = 1.1
@@ -285,7 +285,7 @@ def _candidates(
     shapes: Mapping[str, tuple[int, ...]],
     values: Any,
 ) -> list[Scheme]:
-    """The schemes to compare with, the layer's default first so that it wins ties."""
+    """List the schemes to compare with, the layer's default first so that it wins ties."""
     schemes = [default] if default is not None and default.distribution is not Distribution.CONSTANT else []
     if len(tensor.shape) >= 2:
         gain = _orthogonal_gain(values, tensor.shape, layer) if values is not None else None
@@ -303,7 +303,7 @@ def _candidates(
 
 
 def _orthogonal_gain(values: Any, shape: tuple[int, ...], layer: Layer) -> float | None:
-    """The gain if the tensor, flattened as `orthogonal_` does, has orthogonal rows or columns."""
+    """Return the gain if the tensor, flattened as `orthogonal_` does, has orthogonal rows or columns."""
     rows, cols = orthogonal_matrix_shape(shape, layer.layout)
     if rows * cols * min(rows, cols) > _GRAM_MAX_WORK:
         return None  # NOTE: large orthogonal kernels are then matched by std only, like LeCun normal.
@@ -323,7 +323,7 @@ def _orthogonal_gain(values: Any, shape: tuple[int, ...], layer: Layer) -> float
 
 
 def _distance(scheme: Scheme, stats: TensorStats) -> float:
-    """How far the measured values are from a scheme: log std ratio plus log spread ratio."""
+    """Measure how far the values are from a scheme: log std ratio plus log spread ratio."""
     std = stats.std or 0.0
     distance = abs(math.log(std / scheme.std))
     if stats.count >= _SHAPE_MIN_COUNT and scheme.distribution is not Distribution.CONSTANT:
@@ -394,7 +394,7 @@ def _judge(base: _Finding, closest: Scheme, equivalents: Sequence[str]) -> InitF
             "layer often a swap of fan_in and fan_out (PyTorch stores (out, in), Keras (in, out))"
         )
     if problems and base.default is not None and base.default.name != closest.name:
-        # The closest scheme can hide a gross scaling error: say how far the layer's own default is.
+        # The closest scheme can hide a gross scaling error, so report the ratio to the layer's default.
         default_ratio = std / base.default.std
         if default_ratio >= DEFAULT_NOTE_FACTOR or default_ratio <= 1.0 / DEFAULT_NOTE_FACTOR:
             problems.append(f"std is {default_ratio:.3g}x the layer's default ({base.default.name})")
@@ -423,8 +423,8 @@ def check_named_tensors(
     """Load and check the tensors `select` accepts, one at a time.
 
     A bias finds its weight's fan-in through `shapes`, the shape of every tensor by
-    name; without it the stream is listed first to collect them, which suits live
-    models but not readers that release a shard once the stream has moved past it.
+    name. Without it the stream is listed first to collect them. That suits live
+    models, but not readers that release a shard once the stream has moved past it.
     """
     if shapes is None:
         tensors = list(tensors)

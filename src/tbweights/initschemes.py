@@ -162,7 +162,7 @@ def leaf_name(name: str) -> str:
 
 
 def layer_prefix(name: str) -> str:
-    """The owner's path, `encoder.fc1` for `encoder.fc1.weight`; '' for a top-level tensor."""
+    """Return the owner's path: `encoder.fc1` for `encoder.fc1.weight`, '' for a top-level tensor."""
     stem = name.split(":", 1)[0]
     cut = max(stem.rfind("."), stem.rfind("/"))
     return stem[: cut + 1] if cut >= 0 else ""
@@ -182,14 +182,15 @@ def fans(shape: Sequence[int], layout: Layout) -> tuple[int, int]:
 
 
 def orthogonal_matrix_shape(shape: Sequence[int], layout: Layout) -> tuple[int, int]:
-    """The 2-D matrix that `orthogonal_` (PyTorch) or `Orthogonal` (Keras) makes orthogonal."""
+    """Return the shape of the 2-D matrix that `orthogonal_` (PyTorch) or `Orthogonal` (Keras)
+    makes orthogonal."""
     if layout is Layout.TORCH:
         return shape[0], math.prod(shape[1:])
     return math.prod(shape[:-1]), shape[-1]
 
 
 def describe_layer(tensor: NamedTensor, shapes: Mapping[str, tuple[int, ...]]) -> Layer:
-    """The layer of a tensor: from its `layer_type` when the source knew it, else inferred."""
+    """Describe a tensor's layer: from its `layer_type` when the source knew it, else inferred."""
     leaf = leaf_name(tensor.name)
     if tensor.layer_type:
         framework, _, class_name = tensor.layer_type.rpartition(".")
@@ -226,7 +227,7 @@ def _infer_kind(tensor: NamedTensor, shapes: Mapping[str, tuple[int, ...]]) -> t
 
 
 def owner_weight_shape(name: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...] | None:
-    """The shape of the weight or kernel beside a bias (`fc1.weight` for `fc1.bias`)."""
+    """Find the shape of the weight or kernel beside a bias (`fc1.weight` for `fc1.bias`)."""
     prefix = layer_prefix(name)
     suffix = ":0" if name.endswith(":0") else ""
     for leaf in ("weight", "kernel"):
@@ -264,7 +265,7 @@ def torch_default(fan_in: int) -> Scheme:
 
 
 def random_schemes(shape: Sequence[int], layout: Layout) -> list[Scheme]:
-    """The common fan-based schemes for a kernel of this shape, and normal(0, 0.02)."""
+    """List the common fan-based schemes for a kernel of this shape, and normal(0, 0.02)."""
     fan_in, fan_out = fans(shape, layout)
     if fan_in == 0 or fan_out == 0:
         return []
@@ -314,7 +315,7 @@ def constant_scheme(value: float) -> Scheme:
 
 
 def framework_default(layer: Layer, tensor: NamedTensor, shapes: Mapping[str, tuple[int, ...]]) -> Scheme | None:
-    """The scheme the layer's framework applies when the user sets none, if known."""
+    """Return the scheme the layer's framework applies when the user sets none, if known."""
     ndim = len(tensor.shape)
     bias = tensor.role is Role.BIAS or leaf_name(tensor.name).endswith("bias")
     if layer.kind is LayerKind.NORM:

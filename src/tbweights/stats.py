@@ -6,7 +6,7 @@ between min and max and sums the squared deviations from the mean. Two passes ar
 needed because the bucket edges depend on the global min and max. Each chunk is
 upcast into a reused buffer, so extra memory is O(chunk + buckets) per thread
 whatever the tensor's size. The bucket counts match TensorBoard's `histogram_pb`
-exactly on finite input (`stats_chunks` says how the float32 fast path keeps that).
+exactly on finite input (`stats_chunks` explains how the float32 fast path keeps that).
 
 A large tensor is split into one contiguous range per CPU, summarized by threads
 (NumPy releases the GIL inside its loops) and merged. A torch tensor on a GPU is
@@ -257,7 +257,7 @@ def histogram_rows(moments: Moments, counts: BucketCounts, buckets: int) -> np.n
 
 
 def first_values(flat: np.ndarray, first: int) -> tuple[float | int | bool | complex, ...]:
-    """The first `first` values in row-major order, as Python numbers."""
+    """Return the first `first` values in row-major order, as Python numbers."""
     head = flat[:first]
     if head.dtype in SMALL_FLOATS:
         head = head.astype(np.float32)

@@ -12,7 +12,7 @@ counts are exactly `histogram_pb`'s (see `FloatBucketer`).
 
 Counting uses `np.bincount`, which costs about 3 ns per element whatever the number
 of bins. Indices are packed in groups of up to three (`a * B**2 + b * B + c` with
-B = k + 1), so bincount sees a third of the elements; the packed counts are split
+B = k + 1), so bincount reads a third of the elements; the packed counts are split
 back into k + 1 bins at the end, and bin k (the maximum itself) joins bin k - 1,
 which is `histogram_pb`'s clamp.
 """
@@ -217,7 +217,7 @@ class FloatBucketer:
 
     @classmethod
     def handles(cls, minimum: float, maximum: float) -> bool:
-        """Whether the float32 estimate is safe for this range; else use `ExactBucketer`."""
+        """Tell whether the float32 estimate is safe for this range; if not, use `ExactBucketer`."""
         return cls._MIN_RANGE <= maximum - minimum <= cls._MAX_RANGE
 
     def __init__(self, minimum: float, maximum: float, buckets: int, chunk: int) -> None:

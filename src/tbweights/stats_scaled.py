@@ -8,7 +8,7 @@ other way: squared deviations become subnormal or zero, and a bucket width of
 the kernel is run again on the values multiplied by a power of two that brings
 the largest magnitude near 1. Multiplying by a power of two is exact (apart
 from values that become subnormal, which are negligible against the largest),
-so the bucket counts are those of exact arithmetic; min, max and the counts of
+so the bucket counts are those of exact arithmetic. Min, max and the counts of
 zeros, NaN and Inf come from the unscaled first pass.
 """
 

@@ -89,7 +89,7 @@ def _escape(text: str) -> str:
 
 
 def tensor_markdown(tensor: NamedTensor, stats: TensorStats) -> str:
-    """The text summary of one tensor: its name verbatim, statistics and first values."""
+    """Render the text summary of one tensor: its name verbatim, statistics and first values."""
     rows = [
         ("name", code_span(tensor.name)),
         ("role", tensor.role.value),
@@ -135,6 +135,6 @@ def overview_row(tensor: NamedTensor, stats: TensorStats) -> list[str]:
 
 
 def overview_table(rows: Sequence[Sequence[str]]) -> np.ndarray:
-    """A 2-D string array with a bold header row; TensorBoard renders it as a table."""
+    """Build a 2-D string array with a bold header row, which TensorBoard renders as a table."""
     header = [f"**{column}**" for column in OVERVIEW_COLUMNS]
     return np.array([header, *rows], dtype=object)

@@ -55,7 +55,7 @@ def _sniff(path: Path, head: bytes) -> bool:
 
 
 def read_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The JSON header and the offset where the data starts, with clear errors."""
+    """Read the JSON header and the offset where the data starts, with clear errors."""
     size = path.stat().st_size
     with path.open("rb") as file:
         prefix = file.read(8)
@@ -100,7 +100,7 @@ def _entries(path: Path, header: dict[str, Any], data_start: int) -> list[tuple[
 
 
 def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
-    del options  # safetensors holds no code and no optimizer state
+    del options  # a safetensors file contains no code and no optimizer state
     header, data_start = read_header(path)
     entries = _entries(path, header, data_start)
     with path.open("rb") as file:

@@ -55,7 +55,7 @@ def _sniff(path: Path, head: bytes) -> bool:
 
 
 def read_weight_map(index: Path) -> dict[str, str]:
-    """The index's `weight_map` (tensor name -> shard file name), with clear errors."""
+    """Read the index's `weight_map` (tensor name -> shard file name), with clear errors."""
     try:
         content = json.loads(index.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -91,7 +91,7 @@ def _failing(name: str, error: CheckpointError) -> NamedTensor:
 
 
 def _shard_tensors(index: Path, shard: Path, names: list[str], options: LoadOptions) -> Iterator[NamedTensor]:
-    """The tensors the index assigns to one shard, in the shard's own order."""
+    """Yield the tensors the index assigns to one shard, in the shard's own order."""
     if not shard.is_file():
         missing = CheckpointError(
             shard, f"shard file listed in {index.name} is missing; download or copy it next to the index"

@@ -56,7 +56,7 @@ def _import_torch() -> Any:
 
 
 def load_object(path: Path, options: LoadOptions) -> Any:
-    """torch.load the file safely, or raise a CheckpointError that says what to do."""
+    """Load the file with torch.load safely, or raise a CheckpointError naming the fix."""
     torch = _import_torch()
     with path.open("rb") as file:
         head = file.read(4)
@@ -91,7 +91,7 @@ def load_object(path: Path, options: LoadOptions) -> Any:
 
 
 def _is_mapped(path: Path) -> bool:
-    """Whether `load_object` memory-mapped the file (zip checkpoints, not TorchScript)."""
+    """Tell whether `load_object` memory-maps the file (zip checkpoints, not TorchScript)."""
     with path.open("rb") as file:
         if file.read(4) != ZIP_MAGIC:
             return False

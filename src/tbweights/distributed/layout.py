@@ -45,7 +45,7 @@ class LocalPart:
     """This rank's share of one global tensor.
 
     `values` is None when this rank contributes nothing (another replica counts
-    the elements, or the rank holds none of them). `locate` maps a global
+    the elements, or the rank has none of them). `locate` maps a global
     row-major flat index to a flat position in `values`, or None when the element
     is not among them. `error` is set, identically on every rank, for layouts
     that cannot be summarized.
@@ -142,7 +142,7 @@ def _nowhere(flat_index: int) -> int | None:
 
 
 def dtensor_part(record: NamedTensor, param: Any, group_ranks: frozenset[int]) -> LocalPart:
-    """The local part of a DTensor parameter (FSDP2, tensor parallelism)."""
+    """Build the local part of a DTensor parameter (FSDP2, tensor parallelism)."""
     mesh, placements = param.device_mesh, tuple(param.placements)
     if any(p.is_partial() for p in placements):
         reason = f"placement {placements} holds partial sums; redistribute it to Shard or Replicate first"
