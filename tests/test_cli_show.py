@@ -56,8 +56,10 @@ def expected_first(array: np.ndarray, n: int) -> list[object]:
     """The first n values in C order, as `--format json` writes them."""
     values = []
     for value in array.ravel(order="C")[:n].tolist():
-        if isinstance(value, float) and not math.isfinite(value):
-            value = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        if isinstance(value, float) and math.isnan(value):
+            value = "NaN"
+        elif isinstance(value, float) and math.isinf(value):
+            value = "Infinity" if value > 0 else "-Infinity"
         values.append(value)
     return values
 

@@ -58,10 +58,10 @@ _SHOW_EPILOG = """\
 formats:
   table  Numbers to 4 significant digits, counts as 12.3k/4.5M, long names
          shortened in the middle, the first values cut first to fit the width.
-  json   JSON Lines: one object per tensor, full names, numbers at full
-         precision; NaN and infinities as the strings "NaN", "Infinity",
-         "-Infinity"; a tensor that could not be read has an "error" string.
-  csv    The same fields as json; shape and first values as JSON text.
+  json   JSON Lines: one object per tensor with full names and numbers at
+         full precision. NaN and infinities are the strings "NaN", "Infinity"
+         and "-Infinity". A tensor that could not be read has an "error" string.
+  csv    The same fields as json, with shape and first values as JSON text.
 
 examples:
   tbweights show model.safetensors
@@ -204,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative,
         default=None,
         metavar="N",
-        help="fit the table to N characters per line, 0 for no limit (default: the terminal's "
-        "width, or $COLUMNS, or 120 when stdout is not a terminal)",
+        help="fit the table to N characters per line, 0 for no limit (default: $COLUMNS, "
+        "else the terminal's width; no limit when stdout is not a terminal)",
     )
     _add_common(show)
 

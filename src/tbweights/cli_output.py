@@ -33,7 +33,7 @@ from tbweights.tensors import NamedTensor
 
 
 class ShowFormat(str, enum.Enum):
-    """What `tbweights show` prints: an aligned table, JSON Lines, or CSV with a header row."""
+    """Output format of `tbweights show`: an aligned table, JSON Lines, or CSV with a header row."""
 
     TABLE = "table"
     JSON = "json"
@@ -99,8 +99,8 @@ def print_show(
 ) -> ShowCounts:
     """Print one row per tensor and count what was printed and what failed.
 
-    A tensor that could not be summarized gets a warning on stderr. In the table
-    it has no row; in JSON Lines and CSV it has a row whose `error` says why. The
+    A tensor that could not be summarized gets a warning on stderr. The table
+    leaves it out, and JSON Lines and CSV give it a row with the reason in `error`. The
     table is printed at the end, to align it, and fitted to `width` (None: no limit);
     JSON Lines and CSV rows are printed as each tensor is summarized.
     """
@@ -172,7 +172,7 @@ class _RecordPrinter:
 
 
 def _csv_line(cells: list[str]) -> str:
-    """One CSV record without its line end; a field with a line break is quoted by `csv`."""
+    """Format one CSV record without its line end. `csv` quotes a field that contains a line break."""
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(cells)
     return buffer.getvalue()[:-1]

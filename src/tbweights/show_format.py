@@ -116,8 +116,8 @@ def shorten_middle(text: str, width: int) -> str:
     """Cut `text` to `width` characters in the middle, keeping its start and its leaf.
 
     `encoder.layers.11.intermediate.dense.weight` at 30 becomes
-    `encoder.layers.11.int…weight`: the end is the last name part (`weight`),
-    plus whole parts before it up to a third of the width; the start gets the rest,
+    `encoder.layers.11.int…weight`. The end is the last name part (`weight`) plus
+    whole parts before it, up to a third of the width. The start gets the rest,
     because layer numbers such as `11` usually sit there.
     """
     if len(text) <= width:
@@ -183,11 +183,11 @@ def render_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], width
     fit run past `width`.
     """
     widths = [max([len(c.title), *(len(row[i]) for row in rows)]) for i, c in enumerate(columns)]
-    shown = _fit_widths(columns, widths, width)
+    visible = _fit_widths(columns, widths, width)
     lines = []
     for row in [[c.title for c in columns], *rows]:
         cells = []
-        for i in shown:
+        for i in visible:
             cell, column = row[i], columns[i]
             if len(cell) > widths[i]:
                 cell = (column.shorten or shorten_end)(cell, widths[i])
@@ -198,9 +198,9 @@ def render_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], width
 
 def _fit_widths(columns: Sequence[Column], widths: list[int], width: int | None) -> list[int]:
     """Shrink `widths` in place to fit `width`; return the indices of the columns to show."""
-    shown = list(range(len(columns)))
+    visible = list(range(len(columns)))
     if width is None:
-        return shown
+        return visible
     excess = sum(widths) + len(GAP) * (len(columns) - 1) - width
     for i in reversed(range(len(columns))):
         column = columns[i]
@@ -213,12 +213,12 @@ def _fit_widths(columns: Sequence[Column], widths: list[int], width: int | None)
             widths[i] -= excess
             excess = 0
         elif column.optional:
-            shown.remove(i)
+            visible.remove(i)
             excess -= widths[i] + len(GAP)
         else:
             excess -= widths[i] - floor
             widths[i] = floor
-    return shown
+    return visible
 
 
 SHOW_TABLE = (
@@ -290,12 +290,14 @@ def _format_bounds(bounds: tuple[float, float] | None, missing: str) -> str:
 
 
 def json_number(value: Number | None) -> Any:
-    """A JSON-ready number: NaN and Inf as strings, complex as [real, imag], the rest as is."""
+    """Convert a number for JSON: NaN and Inf to strings, complex to [real, imag], the rest unchanged."""
     if isinstance(value, complex):
         return [json_number(value.real), json_number(value.imag)]
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
+    if not isinstance(value, float) or math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
 
 
 SHOW_FIELDS = (
@@ -305,7 +307,7 @@ SHOW_FIELDS = (
 
 
 def show_record(tensor: NamedTensor, stats: TensorStats | str) -> dict[str, Any]:
-    """One tensor as a JSON-ready dict with the keys `SHOW_FIELDS`; a failure fills only `error`."""
+    """Build the JSON-ready record of one tensor, keyed by `SHOW_FIELDS`. A failure leaves the statistics None."""
     record: dict[str, Any] = dict.fromkeys(SHOW_FIELDS)
     record.update(name=tensor.name, shape=list(tensor.shape), dtype=tensor.dtype, role=tensor.role.value)
     if isinstance(stats, str):
@@ -325,7 +327,7 @@ INIT_FIELDS = (
 
 
 def init_record(finding: InitFinding) -> dict[str, Any]:
-    """One finding as a JSON-ready dict with the keys `INIT_FIELDS`."""
+    """Build the JSON-ready record of one finding, keyed by `INIT_FIELDS`."""
     record = {key: getattr(finding, key, None) for key in INIT_FIELDS}
     record["shape"] = list(finding.shape)
     record["verdict"] = finding.verdict.value
@@ -343,7 +345,7 @@ def json_line(record: dict[str, Any]) -> str:
 
 
 def csv_cells(record: dict[str, Any]) -> list[str]:
-    """A record as CSV cells: lists as JSON text, None as an empty cell, numbers in full."""
+    """Convert a record to CSV cells: lists to JSON text, None to an empty cell, numbers in full."""
     cells = []
     for value in record.values():
         if value is None:
