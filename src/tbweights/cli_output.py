@@ -61,8 +61,8 @@ class Output:
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
 
-    def result(self, line: str) -> None:
-        print(line, file=sys.stdout)
+    def result(self, line: str, flush: bool = False) -> None:
+        print(line, file=sys.stdout, flush=flush)
 
     def warn(self, line: str) -> None:
         if not self.quiet:
@@ -157,12 +157,13 @@ class _RecordPrinter:
         self.count = 0
 
     def __call__(self, record: dict[str, object]) -> None:
+        # Flushed per record, so a reader such as `jq` sees each tensor once it is summarized.
         if self._format is ShowFormat.JSON:
-            self._out.result(json_line(record))
+            self._out.result(json_line(record), flush=True)
         else:
             if self.count == 0:
                 self._out.result(_csv_line(list(self._fields)))
-            self._out.result(_csv_line(csv_cells(record)))
+            self._out.result(_csv_line(csv_cells(record)), flush=True)
         self.count += 1
 
     def finish(self) -> None:
