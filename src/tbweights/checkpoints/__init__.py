@@ -109,7 +109,29 @@ def read_head(path: Path) -> bytes:
 
 
 def detect(path: str | os.PathLike[str]) -> Format:
-    """Find the format of the checkpoint at `path`; raise a `CheckpointError` if none fits."""
+    """Find the format of the checkpoint at `path`; raise a `CheckpointError` if none fits.
+
+    A folder of several checkpoints of a training run (see `checkpoints.runs`) is
+    not one checkpoint, so the error names them. A TensorFlow folder whose `checkpoint`
+    file names the latest checkpoint still reads as that one.
+    """
+    path = Path(path)
+    if path.is_dir() and not (path / "checkpoint").is_file():
+        from tbweights.checkpoints.runs import scan_run_folder
+
+        run = scan_run_folder(path)
+        # A folder with one weight file reads as that file (the "folder" format).
+        if run is not None and (len(run.checkpoints) > 1 or run.checkpoints[0].is_dir()):
+            raise CheckpointError(
+                path,
+                f"this folder holds {run.describe()}; pass one of them, or convert the whole folder "
+                f"with `tbweights convert {path} --logdir DIR` to write each as one step",
+            )
+    return detect_format(path)
+
+
+def detect_format(path: str | os.PathLike[str]) -> Format:
+    """Find the format of the one checkpoint at `path`, without looking for a run folder."""
     path = Path(path)
     if not path.exists():
         for fmt in formats():
