@@ -20,8 +20,9 @@ from types import FrameType
 
 from tbweights import __version__
 from tbweights.checkpoints import LoadOptions
+from tbweights.checkpoints.runs import MAX_STEP
 from tbweights.cli_output import Output, print_init_table, print_show_table
-from tbweights.convert import MAX_STEP, convert, describe
+from tbweights.convert import convert, describe
 from tbweights.errors import TbweightsError
 from tbweights.stats import DEFAULT_BUCKETS, DEFAULT_FIRST
 from tbweights.writer import MAX_BUCKETS
@@ -239,7 +240,7 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
         out.result(f"wrote {len(report.steps)} step(s) to {report.event_file}")
         out.result(f"open it with: tensorboard --logdir {report.logdir}")
     elif report.already_logged and not report.failed:
-        out.result(f"nothing new to write: {report.logdir} already holds every step")
+        out.result(f"nothing new to write: {report.logdir} already contains every step")
     attempted = len(report.steps) + len(report.failed)
     if report.failed and attempted > 1:
         out.error(f"{len(report.failed)} of {attempted} checkpoint(s) skipped; see the errors above")

@@ -120,7 +120,7 @@ class ConvertReport:
     """What `convert` wrote, skipped and failed to read.
 
     `already_logged` lists (checkpoint, step) pairs not written because the
-    logdir already holds that step. `left_out` says why other checkpoints were
+    logdir already contains that step. `left_out` says why other checkpoints were
     not written: weight files of a run folder without a step number, and steps
     below the last one already in the logdir.
     """
@@ -183,7 +183,7 @@ def convert(
     """Write each checkpoint as one step of a single run in `logdir`.
 
     A training-run folder among `paths` stands for its checkpoints (see
-    `find_checkpoints`). Steps that `logdir` already holds are not written
+    `find_checkpoints`). Steps that `logdir` already contains are not written
     again (`already_logged`), so converting a run folder again after training
     saved more checkpoints adds only the new steps, in a new event file.
     A checkpoint that cannot be read is recorded in `failed`; the others go on.

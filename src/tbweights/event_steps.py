@@ -1,9 +1,9 @@
-"""Read the steps that a log directory already holds, so a conversion can append to its run.
+"""Read the steps that a log directory already contains, so a conversion can append to its run.
 
-Records are read here rather than through TensorBoard's `RawEventFileLoader`:
-without TensorFlow installed, that loader checks CRC-32C in pure Python, which
-took 3.6 s for a 25 MB event file of 20,000 records (2,000 small tensors at
-10 steps, on a 2-CPU machine), against milliseconds with the `crc32c` package.
+Records are read here rather than through TensorBoard's `RawEventFileLoader`,
+because without TensorFlow installed that loader checks CRC-32C in pure Python.
+It took 3.6 s for a 25 MB event file of 20,000 records (2,000 small tensors at
+10 steps, on a 2-CPU machine). The `crc32c` package checks them in milliseconds.
 Only records that contain the tag's bytes are parsed as `Event` protos.
 """
 
@@ -35,7 +35,7 @@ def logged_steps(logdir: str | os.PathLike[str], tag: str = OVERVIEW_TAG) -> set
     tbweights writes its overview table once per step, so with the default tag
     these are the steps that earlier conversions and writers wrote. Event files
     of other tools in the folder are read too, but only their records that
-    contain the tag count. A missing folder holds no steps.
+    contain the tag count. A missing folder has no steps.
     """
     folder = Path(logdir)
     if not folder.is_dir():

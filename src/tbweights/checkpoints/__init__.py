@@ -124,7 +124,7 @@ def detect(path: str | os.PathLike[str]) -> Format:
         if run is not None and (len(run.checkpoints) > 1 or run.checkpoints[0].is_dir()):
             raise CheckpointError(
                 path,
-                f"this folder holds {run.describe()}; pass one of them, or convert the whole folder "
+                f"this folder contains {run.describe()}; pass one of them, or convert the whole folder "
                 f"with `tbweights convert {path} --logdir DIR` to write each as one step",
             )
     return detect_format(path)

@@ -1,4 +1,4 @@
-"""Training-run folders: one folder that holds the checkpoints of a run, each named with its step.
+"""Training-run folders: one folder that contains the checkpoints of a run, each named with its step.
 
 A run folder's checkpoints are its entries with a step number in their own name:
 
@@ -11,7 +11,7 @@ A run folder's checkpoints are its entries with a step number in their own name:
 A folder that is itself one checkpoint stays one checkpoint: a sharded
 checkpoint's index folder, a distributed checkpoint, a SavedModel, and a folder
 with its own model file (`model.safetensors`, `pytorch_model.bin`, ...) unless
-it also holds at least two step-numbered checkpoints, as a Trainer's output
+it also contains at least two step-numbered checkpoints, as a Trainer's output
 folder does after training. Weight files without a step number, such as
 Lightning's `last.ckpt` (a copy of or link to the newest checkpoint), are left
 out and reported. Optimizer and scheduler files, logs, JSON and YAML files are
@@ -115,7 +115,7 @@ def _why_stepless(entry: Path) -> str:
 
 
 def _is_own_checkpoint(folder: Path) -> bool:
-    """True for a folder whose own files make it one checkpoint, whatever else it holds."""
+    """Tell whether the folder's own files make it one checkpoint, whatever else it contains."""
     if any((folder / name).is_file() for name in _OWN_CHECKPOINT_FILES):
         return True
     try:
@@ -125,7 +125,7 @@ def _is_own_checkpoint(folder: Path) -> bool:
 
 
 def _checkpoint_of(entry: Path) -> Path | None:
-    """The checkpoint that a folder entry stands for, or None for files that hold no weights."""
+    """Return the checkpoint that a folder entry is, or None for entries that contain no weights."""
     from tbweights.checkpoints import detect_format
     from tbweights.checkpoints.tensorflow import _is_index_file as is_index_file
     from tbweights.errors import CheckpointError
