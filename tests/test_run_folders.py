@@ -104,10 +104,14 @@ def test_trainer_output_folder(tmp_path: Path, read_run, capsys) -> None:
         save_file({"state.0.exp_avg": np.ones(3, np.float32)}, str(folder / "optimizer.safetensors"))
         (folder / "trainer_state.json").write_text('{"global_step": %d}' % step)
     save_file(weights(2000), str(run / "model.safetensors"))
+    save_steps(run / "best", "model.safetensors", [700])
     (run / "runs").mkdir()  # the Trainer's own TensorBoard logs
+    (run / "runs" / "events.out.tfevents.1.host.1.0").write_bytes(b"")
     assert main(["convert", str(run), "--logdir", str(tmp_path / "logs")]) == 0
     err = capsys.readouterr().err
-    assert "model.safetensors: no step number in its name; left out of the run" in err
+    assert f"{run / 'model.safetensors'}: no step number in its name; left out of the run" in err
+    assert f"{run / 'best'}: no step number in its name; left out of the run" in err
+    assert "runs" not in err.replace(str(run), "")
     reader = read_run(tmp_path / "logs")
     assert reader.steps("fc1/bias") == [500, 1000]
     assert reader.value("fc1/bias", 1000)[0, 0] == -1000

@@ -228,11 +228,11 @@ def convert(
 
 
 def _new_steps(plan: StepPlan, report: ConvertReport) -> StepPlan:
-    """Leave out the steps that the logdir already holds, so converting into it again appends.
+    """Leave out the steps that the logdir already contains, so converting into it again appends.
 
-    TensorBoard's default data server drops a time series' records from a step on
-    when a record of that step or a lower one follows them, so steps below the
-    last one already written are left out too.
+    TensorBoard's default data server (`reservoir.rs`) drops a time series'
+    records from step s on when a record of step s arrives after them, so steps
+    below the last one already written are left out too.
     """
     logged = logged_steps(report.logdir)
     if not logged:

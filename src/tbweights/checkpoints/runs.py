@@ -97,7 +97,7 @@ def scan_run_folder(folder: str | os.PathLike[str]) -> RunFolder | None:
         step = step_from_name(checkpoint.name if entry.is_dir() else checkpoint.name.split(".", 1)[0])
         if step is not None:
             found.append((step, checkpoint.name, checkpoint))
-        elif entry.is_file():
+        else:
             run.left_out.append(f"{entry}: no step number in its name; left out of the run{_why_stepless(entry)}")
     has_model_file = any((folder / name).is_file() for name in MODEL_FILES)
     if len(found) < (2 if has_model_file else 1):
@@ -131,10 +131,8 @@ def _checkpoint_of(entry: Path) -> Path | None:
     from tbweights.errors import CheckpointError
 
     if entry.is_dir():
-        if step_from_name(entry.name) is None:
-            return None  # logs/, lightning_logs/: not checkpoints of this run
         try:
-            detect_format(entry)
+            detect_format(entry)  # logs/, lightning_logs/ and the like fail here
         except CheckpointError:
             return None
         return entry
