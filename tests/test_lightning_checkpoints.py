@@ -135,6 +135,13 @@ def test_show_run_folder_hint(run: Path, capsys) -> None:
     assert "pass one of them" in err
 
 
+def test_root_folder_points_to_checkpoints(run: Path, capsys) -> None:
+    """Lightning's default_root_dir contains the run folder `checkpoints/` one level down."""
+    assert main(["show", str(run.parent)]) == 1
+    err = capsys.readouterr().err
+    assert f"training checkpoints are in {run}: pass that folder" in err
+
+
 def test_unsafe_hyperparameter_names_trust_flag(tmp_path: Path, capsys) -> None:
     """A Path among the hyperparameters is an object that weights_only loading rejects."""
     checkpoints = train(tmp_path, TinyModule(data_dir=Path("data")), max_steps=2)

@@ -127,7 +127,18 @@ def detect(path: str | os.PathLike[str]) -> Format:
                 f"this folder contains {run.describe()}; pass one of them, or convert the whole folder "
                 f"with `tbweights convert {path} --logdir DIR` to write each as one step",
             )
-    return detect_format(path)
+    try:
+        return detect_format(path)
+    except CheckpointError as error:
+        if not path.is_dir():
+            raise
+        from tbweights.checkpoints.runs import run_subfolders
+
+        runs = run_subfolders(path)
+        if not runs:
+            raise
+        names = ", ".join(os.fspath(run) for run in runs[:3])
+        raise CheckpointError(path, f"{error.reason}; training checkpoints are in {names}: pass that folder") from None
 
 
 def detect_format(path: str | os.PathLike[str]) -> Format:

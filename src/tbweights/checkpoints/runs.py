@@ -9,10 +9,10 @@ A run folder's checkpoints are its entries with a step number in their own name:
 - TensorFlow checkpoint prefixes: `ckpt-3`, from `ckpt-3.index` and its data files.
 
 A folder that is itself one checkpoint stays one checkpoint: a sharded
-checkpoint's index folder, a distributed checkpoint, a SavedModel, and a folder
-with its own model file (`model.safetensors`, `pytorch_model.bin`, ...) unless
-it also contains at least two step-numbered checkpoints, as a Trainer's output
-folder does after training. Weight files without a step number, such as
+checkpoint's index folder, a distributed checkpoint, a SavedModel. So does a
+folder with its own model file (`model.safetensors`, `pytorch_model.bin`, ...),
+unless it also contains at least two step-numbered checkpoints, as a Trainer's
+output folder does after training. Weight files without a step number, such as
 Lightning's `last.ckpt` (a copy of or link to the newest checkpoint), are left
 out and reported. Optimizer and scheduler files, logs, JSON and YAML files are
 ignored.
@@ -106,6 +106,32 @@ def scan_run_folder(folder: str | os.PathLike[str]) -> RunFolder | None:
     run.checkpoints = [path for _, _, path in found]
     run.steps = [step for step, _, _ in found]
     return run
+
+
+def run_subfolders(folder: Path, depth: int = 3, limit: int = 200) -> list[Path]:
+    """Find run folders below `folder`, such as Lightning's `lightning_logs/version_0/checkpoints/`.
+
+    The search goes `depth` levels down and looks at no more than `limit` folders,
+    so a hint costs little even for a large tree.
+    """
+    found: list[Path] = []
+    level = [folder]
+    visited = 0
+    for _ in range(depth):
+        below: list[Path] = []
+        for parent in level:
+            try:
+                below.extend(sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")))
+            except OSError:
+                continue
+        for candidate in below:
+            visited += 1
+            if visited > limit:
+                return found
+            if scan_run_folder(candidate) is not None:
+                found.append(candidate)
+        level = [p for p in below if p not in found]
+    return found
 
 
 def _why_stepless(entry: Path) -> str:
