@@ -20,8 +20,9 @@ from types import FrameType
 
 from tbweights import __version__
 from tbweights.checkpoints import LoadOptions
+from tbweights.checkpoints.runs import MAX_STEP
 from tbweights.cli_output import Output, ShowFormat, print_init, print_show
-from tbweights.convert import MAX_STEP, convert, describe
+from tbweights.convert import convert, describe
 from tbweights.errors import TbweightsError
 from tbweights.show_format import table_width
 from tbweights.stats import DEFAULT_BUCKETS, DEFAULT_FIRST
@@ -48,9 +49,17 @@ steps:
   epoch (checkpoint-500/ -> 500, epoch=4-step=1000.ckpt -> 1000), or a number that
   ends the name (model_00010.pt -> 10); a name without one gets its position.
 
+training runs:
+  A folder of checkpoints named with their steps (checkpoint-500/, ckpt-1000.pt,
+  epoch=3-step=1200.ckpt, model_00010.safetensors, TensorFlow ckpt-N) is read as
+  all of them, in step order; weight files without a step number (last.ckpt) are
+  left out with a warning. Steps already in the logdir are skipped, so converting
+  the folder again after training saved more checkpoints adds the new ones.
+
 examples:
   tbweights convert model.safetensors --logdir runs/model
   tbweights convert run/checkpoint-*/model.safetensors --logdir runs/train
+  tbweights convert lightning_run/checkpoints --logdir runs/train
   tbweights convert last.ckpt --logdir runs/x --exclude '*.num_batches_tracked'
 """
 
@@ -242,10 +251,14 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
             on_checkpoint=progress.start_checkpoint,
             on_tensor=progress.advance,
         )
+    for reason in report.left_out:
+        out.warn(reason)
     if report.step_warning:
         out.warn(report.step_warning)
     for warning in report.shard_warnings:
         out.warn(warning)
+    for path, step in report.already_logged:
+        out.result(f"step {step} already in {report.logdir}, skipped ({path})")
     skipped_tensors = 0
     for path, step_report in report.steps:
         out.result(f"step {step_report.step}: {len(step_report.results)} tensors from {path}")
@@ -261,8 +274,11 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
     if report.steps:
         out.result(f"wrote {len(report.steps)} step(s) to {report.event_file}")
         out.result(f"open it with: tensorboard --logdir {report.logdir}")
-    if report.failed and len(checkpoints) > 1:
-        out.error(f"{len(report.failed)} of {len(checkpoints)} checkpoint(s) skipped; see the errors above")
+    elif report.already_logged and not report.failed:
+        out.result(f"nothing new to write: {report.logdir} already contains every step")
+    attempted = len(report.steps) + len(report.failed)
+    if report.failed and attempted > 1:
+        out.error(f"{len(report.failed)} of {attempted} checkpoint(s) skipped; see the errors above")
     if skipped_tensors:
         out.error(f"{skipped_tensors} tensor(s) skipped; see the warnings above")
     return EXIT_ERROR if report.failed or skipped_tensors else 0
