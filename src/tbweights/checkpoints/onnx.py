@@ -136,7 +136,8 @@ def _walk_graph(graph: Any, prefix: str, entries: list[_Entry], consumers: dict[
     for tensor in graph.initializer:
         entries.append(_Entry(prefix + tensor.name, tensor.name, tensor, False, "initializer"))
     for sparse in graph.sparse_initializer:
-        entries.append(_Entry(prefix + sparse.values.name, sparse.values.name, sparse, True, "sparse initializer, densified"))
+        name = sparse.values.name
+        entries.append(_Entry(prefix + name, name, sparse, True, "sparse initializer, densified"))
     _walk_nodes(graph.node, prefix, entries, consumers)
 
 
@@ -159,25 +160,32 @@ def _walk_nodes(nodes: Any, prefix: str, entries: list[_Entry], consumers: dict[
 
 def _constant_entries(node: Any, prefix: str) -> list[_Entry]:
     """The value of a `Constant` node, as a `TensorProto` (scalars and lists included)."""
-    from onnx import helper
+    from onnx import TensorProto, helper
 
     reference = node.output[0] if node.output else node.name
     name = prefix + reference
     source = "Constant node"
+    lists = {
+        "value_float": (TensorProto.FLOAT, None),
+        "value_int": (TensorProto.INT64, None),
+        "value_floats": (TensorProto.FLOAT, "floats"),
+        "value_ints": (TensorProto.INT64, "ints"),
+    }
     entries = []
     for attribute in node.attribute:
         if attribute.name == "value":
             entries.append(_Entry(name, reference, attribute.t, False, source))
         elif attribute.name == "sparse_value":
             entries.append(_Entry(name, reference, attribute.sparse_tensor, True, f"{source}, sparse, densified"))
-        elif attribute.name in ("value_float", "value_int"):
-            scalar = attribute.f if attribute.name == "value_float" else attribute.i
-            kind = 1 if attribute.name == "value_float" else 7  # FLOAT, INT64
-            entries.append(_Entry(name, reference, helper.make_tensor(name, kind, [], [scalar]), False, source))
-        elif attribute.name in ("value_floats", "value_ints"):
-            values = list(attribute.floats if attribute.name == "value_floats" else attribute.ints)
-            kind = 1 if attribute.name == "value_floats" else 7
-            entries.append(_Entry(name, reference, helper.make_tensor(name, kind, [len(values)], values), False, source))
+        elif attribute.name in lists:
+            data_type, field = lists[attribute.name]
+            if field is None:
+                dims, values = [], [attribute.f if data_type == TensorProto.FLOAT else attribute.i]
+            else:
+                values = list(getattr(attribute, field))
+                dims = [len(values)]
+            tensor = helper.make_tensor(name, data_type, dims, values)
+            entries.append(_Entry(name, reference, tensor, False, source))
         # value_string and value_strings hold text, not numbers: nothing to summarize.
     return entries
 

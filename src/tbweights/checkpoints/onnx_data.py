@@ -21,47 +21,53 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from tbweights.errors import CheckpointError, TensorError
 
-# ONNX `TensorProto.DataType` codes, from onnx.proto (onnx 1.23).
+# ONNX `TensorProto.DataType` codes (onnx.proto, onnx 1.23) and their NumPy or
+# `ml_dtypes` types by name. The table is ours because onnx before 1.19 maps
+# bfloat16 and float8 to plain integer types.
 STRING = 8
-_INT4_WIDENED = {
-    21: np.dtype(np.uint8),  # UINT4
-    22: np.dtype(np.int8),  # INT4
-    25: np.dtype(np.uint8),  # UINT2
-    26: np.dtype(np.int8),  # INT2
+_TYPE_NAMES = {
+    1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
+    9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 14: "complex64", 15: "complex128",
+    16: "bfloat16", 17: "float8_e4m3fn", 18: "float8_e4m3fnuz", 19: "float8_e5m2", 20: "float8_e5m2fnuz",
+    21: "uint4", 22: "int4", 23: "float4_e2m1fn", 24: "float8_e8m0fnu", 25: "uint2", 26: "int2",
+    27: "float6_e2m3fn", 28: "float6_e3m2fn",
 }
+# 4- and 2-bit integers, which the statistics kernel does not read, are widened to 8 bits.
+_WIDENED = {21: np.dtype(np.uint8), 22: np.dtype(np.int8), 25: np.dtype(np.uint8), 26: np.dtype(np.int8)}
 # Types stored two or more to a byte (4-, 2- and 6-bit); `to_array` unpacks them.
 _PACKED = frozenset({21, 22, 23, 25, 26, 27, 28})
 
 
 def element_type(data_type: int) -> np.dtype:
     """The NumPy (or `ml_dtypes`) element type of an ONNX data type code."""
-    from onnx import helper
-
+    name = _TYPE_NAMES.get(data_type)
+    if name is None:
+        raise ValueError(f"unknown ONNX data type code {data_type}")
+    small = getattr(ml_dtypes, name, None)  # bfloat16, float8, int4, ...
+    if small is not None:
+        small_type: np.dtype = np.dtype(small)
+        return small_type
     try:
-        return np.dtype(helper.tensor_dtype_to_np_dtype(data_type))
-    except (KeyError, ValueError, TypeError):
-        raise ValueError(f"unknown ONNX data type code {data_type}") from None
+        return np.dtype(name)
+    except TypeError:
+        raise ValueError(f"ONNX type {name} needs a newer ml_dtypes release") from None
 
 
 def dtype_name(data_type: int) -> str:
-    """The dtype shown for a tensor: NumPy's name, `string`, or the ONNX type name."""
+    """The dtype shown for a tensor: the NumPy or `ml_dtypes` name, or `string`."""
     if data_type == STRING:
         return "string"
-    try:
-        return str(element_type(data_type))
-    except ValueError:
-        from onnx import TensorProto
-
-        return str(TensorProto.DataType.Name(data_type)) if data_type in TensorProto.DataType.values() else "unknown"
+    return _TYPE_NAMES.get(data_type, f"ONNX data type {data_type}")
 
 
 def summarizable(array: np.ndarray, data_type: int) -> np.ndarray:
     """Widen `ml_dtypes` 4- and 2-bit integers, which the statistics kernel does not read, to 8 bits."""
-    widened = _INT4_WIDENED.get(data_type)
+    widened = _WIDENED.get(data_type)
     return array.astype(widened) if widened is not None else array
 
 
@@ -121,7 +127,10 @@ def decode(tensor: Any, name: str, files: ExternalFiles) -> np.ndarray:
     shape = tuple(int(d) for d in tensor.dims)
     if data_type == STRING:
         raise TensorError(name, "is a string tensor; tbweights summarizes numbers only", dtype="string", shape=shape)
-    dtype = element_type(data_type)
+    try:
+        dtype = element_type(data_type)
+    except ValueError as error:
+        raise TensorError(name, f"cannot be read: {error}", dtype=dtype_name(data_type), shape=shape) from None
     if is_external(tensor):
         raw: Any = _external_bytes(tensor, name, shape, dtype, data_type, files)
     elif tensor.HasField("raw_data"):
@@ -187,6 +196,10 @@ def _to_array(tensor: Any, name: str, files: ExternalFiles) -> np.ndarray:
         array: np.ndarray = numpy_helper.to_array(tensor)
     except (ValueError, TypeError) as error:
         raise CheckpointError(files.model_path, f"tensor {name!r} cannot be decoded: {error}") from None
+    # onnx before 1.19 returns bfloat16 and float8 values as float32, which convert exactly.
+    expected = element_type(int(tensor.data_type))
+    if int(tensor.data_type) not in _WIDENED and array.dtype != expected:
+        array = array.astype(expected)
     return array
 
 
