@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ import numpy as np
 
 from tbweights.checkpoints import Format, LoadOptions
 from tbweights.checkpoints.onnx_data import ExternalFiles, decode, densify, dtype_name, summarizable
+from tbweights.checkpoints.pages import PageWindow, watch
 from tbweights.errors import CheckpointError, MissingDependencyError
 from tbweights.tensors import NamedTensor, guess_role
 
@@ -122,12 +123,13 @@ def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
     for function in model.functions:
         _walk_nodes(function.node, f"function:{function.name}/", entries, consumers)
     files = ExternalFiles(path, trust=options.trust)
-    left_out = 0
-    for entry in _unique(entries):
-        if not options.include_constants and _is_integer_constant(entry, consumers):
-            left_out += 1
-            continue
-        yield _record(path, entry, files)
+    kept = [e for e in _unique(entries) if options.include_constants or not _is_integer_constant(e, consumers)]
+    left_out = len(entries) - len(kept)
+    # Resident memory stays near one tensor: the pages of external data are dropped
+    # once the next tensor is requested (see `pages`).
+    window = PageWindow()
+    for record in window.stream(_record(path, entry, files) for entry in kept):
+        yield replace(record, load=watch(record.load, window, files.mapped_span))
     if left_out:
         logger.info("left out %d small integer constants of %s; --include-constants keeps them", left_out, path)
 

@@ -79,6 +79,7 @@ class ExternalFiles:
         self.folder = model_path.parent
         self.trust = trust
         self._maps: dict[str, mmap.mmap | None] = {}
+        self._spans: list[tuple[int, int]] = []  # address ranges of the maps
 
     def resolve(self, tensor_name: str, location: str) -> Path:
         """The file behind `location`, or a `CheckpointError` if it is unsafe or missing."""
@@ -105,9 +106,25 @@ class ExternalFiles:
         """A read-only memory map of `path` (None for an empty file)."""
         key = os.fspath(path)
         if key not in self._maps:
-            with path.open("rb") as file:
-                self._maps[key] = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else None
+            mapped = None
+            if path.stat().st_size:
+                with path.open("rb") as file:
+                    mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+                self._spans.append((np.frombuffer(mapped, np.uint8).ctypes.data, len(mapped)))
+            self._maps[key] = mapped
         return self._maps[key]
+
+    def mapped_span(self, array: np.ndarray) -> tuple[int, int]:
+        """(address, bytes) of `array` when it views one of the maps, else (0, 0).
+
+        `pages.PageWindow` drops the pages of a returned span later, which only
+        file mappings survive (anonymous memory would read back as zeros).
+        """
+        address, nbytes = array.ctypes.data, array.nbytes
+        for start, length in self._spans:
+            if start <= address and address + nbytes <= start + length:
+                return address, nbytes
+        return 0, 0
 
 
 def external_info(tensor: Any) -> dict[str, str]:
