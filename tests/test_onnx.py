@@ -457,6 +457,26 @@ def test_corrupt_onnx_clear_error(tmp_path: Path, linear) -> None:
         list(read_checkpoint(garbage))
 
 
+def test_model_without_graph_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "empty.onnx"
+    path.write_bytes(b"\x08\x07")  # ir_version 7 and nothing else: parses, but holds no graph
+    assert detect(path).name == "onnx"
+    with pytest.raises(CheckpointError, match="contains no graph"):
+        list(read_checkpoint(path))
+
+
+def test_missing_onnx_package_named(linear) -> None:
+    path, _ = linear
+    code = (
+        "import sys; sys.modules['onnx'] = None\n"
+        "from tbweights.cli import main\n"
+        f"sys.exit(main(['show', {str(path)!r}]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "pip install 'tbweights[onnx]'" in result.stderr
+
+
 def test_onnx_content_under_other_name_not_claimed(tmp_path: Path, linear) -> None:
     path, _ = linear
     other = tmp_path / "model.weights"

@@ -106,13 +106,17 @@ def _load_model(path: Path) -> Any:
     except ImportError:
         raise MissingDependencyError("onnx", "onnx", "reading an ONNX model") from None
     try:
-        return onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as error:
         raise CheckpointError(
             path, f"not a valid ONNX model: the protobuf does not parse ({error}); the file is truncated or corrupt"
         ) from None
     except OSError as error:
         raise CheckpointError(path, f"cannot read the file: {error.strerror or error}") from None
+    # Protobuf skips unknown fields, so some damaged files parse into a model without a graph.
+    if not model.HasField("graph"):
+        raise CheckpointError(path, "not a valid ONNX model: it contains no graph; the file is truncated or corrupt")
+    return model
 
 
 def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
