@@ -332,16 +332,28 @@ def test_bfloat16_in_int32_data(tmp_path: Path) -> None:
     np.testing.assert_array_equal(tensors["bf"].astype(np.float32), values.astype(np.float32))
 
 
-def test_int4_widened_to_int8(tmp_path: Path) -> None:
-    signed = np.array([[-8, -1, 0], [1, 5, 7]], ml_dtypes.int4)
-    unsigned = np.array([0, 3, 15, 9, 2], ml_dtypes.uint4)
-    path = dtype_model(tmp_path, [numpy_helper.from_array(signed, "i4"), numpy_helper.from_array(unsigned, "u4")])
+@pytest.mark.parametrize("raw", [True, False], ids=["raw_data", "typed_fields"])
+def test_int4_widened_to_int8(tmp_path: Path, raw: bool) -> None:
+    if not hasattr(TensorProto, "INT4"):
+        pytest.skip(f"onnx {onnx.__version__} has no INT4 type (added in onnx 1.16)")
+    signed = [-8, -1, 0, 1, 5, 7]
+    unsigned = [0, 3, 15, 9, 2]
+    # Two values per byte, the first in the low nibble; an odd count leaves the last high nibble 0.
+    signed_bytes, unsigned_bytes = bytes([0xF8, 0x10, 0x75]), bytes([0x30, 0x9F, 0x02])
+    tensors = [
+        helper.make_tensor("i4", TensorProto.INT4, [2, 3], signed_bytes if raw else signed, raw=raw),
+        helper.make_tensor("u4", TensorProto.UINT4, [5], unsigned_bytes if raw else unsigned, raw=raw),
+    ]
+    path = dtype_model(tmp_path, tensors)
     records = {t.name: t for t in read_checkpoint(path)}
     assert records["i4"].dtype == "int4"
     assert records["i4"].shape == (2, 3)
-    np.testing.assert_array_equal(records["i4"].load(), [[-8, -1, 0], [1, 5, 7]])
-    assert records["i4"].load().dtype == np.int8
-    np.testing.assert_array_equal(records["u4"].load(), [0, 3, 15, 9, 2])
+    i4 = records["i4"].load()
+    assert i4.dtype == np.int8
+    np.testing.assert_array_equal(i4, np.reshape(signed, (2, 3)))
+    u4 = records["u4"].load()
+    assert u4.dtype == np.uint8
+    np.testing.assert_array_equal(u4, unsigned)
     stats = dict(describe(path))
     assert [s.count for s in stats.values()] == [6, 5]
 

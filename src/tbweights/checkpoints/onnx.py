@@ -109,13 +109,13 @@ def _load_model(path: Path) -> Any:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as error:
         raise CheckpointError(
-            path, f"not a valid ONNX model: the protobuf does not parse ({error}); the file is truncated or corrupt"
+            path, f"not a valid ONNX model: the protobuf does not parse ({error}), so the file is truncated or corrupt"
         ) from None
     except OSError as error:
         raise CheckpointError(path, f"cannot read the file: {error.strerror or error}") from None
     # Protobuf skips unknown fields, so some damaged files parse into a model without a graph.
     if not model.HasField("graph"):
-        raise CheckpointError(path, "not a valid ONNX model: it contains no graph; the file is truncated or corrupt")
+        raise CheckpointError(path, "not a valid ONNX model: it contains no graph, so the file is truncated or corrupt")
     return model
 
 
@@ -135,7 +135,7 @@ def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
     for record in window.stream(_record(path, entry, files) for entry in kept):
         yield replace(record, load=watch(record.load, window, files.mapped_span))
     if left_out:
-        logger.info("left out %d small integer constants of %s; --include-constants keeps them", left_out, path)
+        logger.info("left out %d small integer constants of %s (--include-constants keeps them)", left_out, path)
 
 
 def _walk_graph(graph: Any, prefix: str, entries: list[_Entry], consumers: dict[str, set[tuple[str, int]]]) -> None:
@@ -165,7 +165,7 @@ def _walk_nodes(nodes: Any, prefix: str, entries: list[_Entry], consumers: dict[
 
 
 def _constant_entries(node: Any, prefix: str) -> list[_Entry]:
-    """The value of a `Constant` node, as a `TensorProto` (scalars and lists included)."""
+    """List the value of a `Constant` node as `TensorProto`s; scalar and list attributes become tensors."""
     from onnx import TensorProto, helper
 
     reference = node.output[0] if node.output else node.name

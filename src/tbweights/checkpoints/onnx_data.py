@@ -39,12 +39,12 @@ _TYPE_NAMES = {
 }
 # 4- and 2-bit integers, which the statistics kernel does not read, are widened to 8 bits.
 _WIDENED = {21: np.dtype(np.uint8), 22: np.dtype(np.int8), 25: np.dtype(np.uint8), 26: np.dtype(np.int8)}
-# Types stored two or more to a byte (4-, 2- and 6-bit); `to_array` unpacks them.
+# Types stored two or more to a byte (4-, 2- and 6-bit). `to_array` unpacks them.
 _PACKED = frozenset({21, 22, 23, 25, 26, 27, 28})
 
 
 def element_type(data_type: int) -> np.dtype:
-    """The NumPy (or `ml_dtypes`) element type of an ONNX data type code."""
+    """Return the NumPy (or `ml_dtypes`) element type of an ONNX data type code."""
     name = _TYPE_NAMES.get(data_type)
     if name is None:
         raise ValueError(f"unknown ONNX data type code {data_type}")
@@ -59,7 +59,7 @@ def element_type(data_type: int) -> np.dtype:
 
 
 def dtype_name(data_type: int) -> str:
-    """The dtype shown for a tensor: the NumPy or `ml_dtypes` name, or `string`."""
+    """Return the dtype shown for a tensor: the NumPy or `ml_dtypes` name, or `string`."""
     if data_type == STRING:
         return "string"
     return _TYPE_NAMES.get(data_type, f"ONNX data type {data_type}")
@@ -82,7 +82,7 @@ class ExternalFiles:
         self._spans: list[tuple[int, int]] = []  # address ranges of the maps
 
     def resolve(self, tensor_name: str, location: str) -> Path:
-        """The file behind `location`, or a `CheckpointError` if it is unsafe or missing."""
+        """Find the file behind `location`; raise `CheckpointError` if it is outside the folder or missing."""
         if not location:
             raise CheckpointError(self.model_path, f"tensor {tensor_name!r} has external data without a location")
         normalized = posixpath.normpath(location.replace("\\", "/"))
@@ -103,7 +103,7 @@ class ExternalFiles:
         return path
 
     def buffer(self, path: Path) -> mmap.mmap | None:
-        """A read-only memory map of `path` (None for an empty file)."""
+        """Map `path` read-only, once; return None for an empty file."""
         key = os.fspath(path)
         if key not in self._maps:
             mapped = None
@@ -115,7 +115,7 @@ class ExternalFiles:
         return self._maps[key]
 
     def mapped_span(self, array: np.ndarray) -> tuple[int, int]:
-        """(address, bytes) of `array` when it views one of the maps, else (0, 0).
+        """Return (address, bytes) of `array` when it views one of the maps, else (0, 0).
 
         `pages.PageWindow` drops the pages of a returned span later, which only
         file mappings survive (anonymous memory would read back as zeros).
@@ -128,7 +128,7 @@ class ExternalFiles:
 
 
 def external_info(tensor: Any) -> dict[str, str]:
-    """The `external_data` key-value pairs of a tensor (`location`, `offset`, `length`, ...)."""
+    """Return the `external_data` key-value pairs of a tensor (`location`, `offset`, `length`, ...)."""
     return {entry.key: entry.value for entry in tensor.external_data}
 
 
@@ -139,7 +139,7 @@ def is_external(tensor: Any) -> bool:
 
 
 def decode(tensor: Any, name: str, files: ExternalFiles) -> np.ndarray:
-    """The values of one `TensorProto`, shaped by its `dims`."""
+    """Decode the values of one `TensorProto`, shaped by its `dims`."""
     data_type = int(tensor.data_type)
     shape = tuple(int(d) for d in tensor.dims)
     if data_type == STRING:
@@ -196,7 +196,10 @@ def _external_bytes(
 
 
 def _unpack(tensor: Any, raw: Any, name: str, files: ExternalFiles) -> np.ndarray:
-    """Unpack sub-byte types through a copy of the tensor with the bytes inline (a copy: these are rare)."""
+    """Unpack sub-byte types through a copy of the tensor with the bytes inline.
+
+    The copy costs one tensor's bytes, which is acceptable for these rare types.
+    """
     from onnx import TensorProto
 
     inline = TensorProto()
@@ -213,15 +216,27 @@ def _to_array(tensor: Any, name: str, files: ExternalFiles) -> np.ndarray:
         array: np.ndarray = numpy_helper.to_array(tensor)
     except (ValueError, TypeError) as error:
         raise CheckpointError(files.model_path, f"tensor {name!r} cannot be decoded: {error}") from None
-    # onnx before 1.19 returns bfloat16 and float8 values as float32, which convert exactly.
-    expected = element_type(int(tensor.data_type))
-    if int(tensor.data_type) not in _WIDENED and array.dtype != expected:
-        array = array.astype(expected)
-    return array
+    return _as_element_type(array, int(tensor.data_type))
+
+
+def _as_element_type(array: np.ndarray, data_type: int) -> np.ndarray:
+    """Bring `to_array`'s result for bfloat16, float8 and 4-bit types to `element_type`.
+
+    onnx 1.16 returns their values as float32, which converts exactly. onnx 1.18
+    returns structured dtypes such as `(uint16, [('bfloat16', '<u2')])` whose
+    integers are the raw bits, to be viewed rather than converted.
+    """
+    expected = element_type(data_type)
+    if array.dtype == expected:
+        return array
+    if array.dtype.fields is not None:
+        bits = array.view(np.dtype(f"{array.dtype.base.kind}{array.dtype.itemsize}"))
+        return bits if data_type in _WIDENED else bits.view(expected)
+    return array.astype(_WIDENED.get(data_type, expected))
 
 
 def densify(values: np.ndarray, indices: np.ndarray, shape: tuple[int, ...], name: str, path: Path) -> np.ndarray:
-    """The dense form of a `SparseTensorProto`: zeros, with `values` at `indices`.
+    """Build the dense form of a `SparseTensorProto`: zeros, with `values` at `indices`.
 
     `indices` is [NNZ] (positions in the flattened tensor) or [NNZ, rank] (coordinates).
     """
