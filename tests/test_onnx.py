@@ -122,6 +122,32 @@ def test_integer_constants_by_option(linear) -> None:
     assert tensors["/axis"].dtype == np.int64
 
 
+def test_integer_constant_rule(tmp_path: Path) -> None:
+    tensors = {
+        "shape": np.array([2, 2], np.int64),  # small 1-D int64: left out
+        "axis": np.array(0, np.int32),  # int32 scalar: left out
+        "bias_q": np.arange(4, dtype=np.int32),  # small, but quantized data of DequantizeLinear: kept
+        "positions": np.arange(65, dtype=np.int64),  # more than 64 elements: kept
+        "table": np.ones((2, 2), np.int64),  # two dimensions: kept
+        "codes": np.arange(4, dtype=np.int8),  # int8: kept
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("DequantizeLinear", ["bias_q", "scale"], ["bias"]),
+            helper.make_node("Reshape", ["x", "shape"], ["y"]),
+        ],
+        "rule",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2]),
+         helper.make_tensor_value_info("bias", TensorProto.FLOAT, [4])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in tensors.items()]
+        + [numpy_helper.from_array(np.array(0.1, np.float32), "scale")],
+    )
+    path = save(make_model(graph), tmp_path / "rule.onnx")
+    assert list(loaded(path)) == ["bias_q", "positions", "table", "codes", "scale"]
+    assert list(loaded(path, include_constants=True)) == [*tensors, "scale"]
+
+
 def test_constant_notes(linear) -> None:
     path, _ = linear
     notes = {t.name: t.note for t in read_checkpoint(path)}
@@ -281,6 +307,34 @@ def test_loop_and_scan_bodies_nested(tmp_path: Path) -> None:
         "scan/body/scan_w",
     ])
     np.testing.assert_array_equal(tensors["loop/body/If_2/else_branch/e_c"], -inner_value * 2)
+
+
+def test_function_constants_prefixed(tmp_path: Path) -> None:
+    bias = np.array([0.5, -0.5], np.float32)
+    function = helper.make_function(
+        "custom",
+        "AddBias",
+        ["x"],
+        ["y"],
+        [
+            helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(bias)),
+            helper.make_node("Add", ["x", "b"], ["y"]),
+        ],
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("AddBias", ["x"], ["y"], domain="custom")],
+        "main",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(
+        graph, functions=[function],
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)],
+    )
+    tensors = loaded(save(model, tmp_path / "function.onnx"))
+    assert list(tensors) == ["function:AddBias/b"]
+    np.testing.assert_array_equal(tensors["function:AddBias/b"], bias)
 
 
 def test_equal_names_made_unique(tmp_path: Path) -> None:
