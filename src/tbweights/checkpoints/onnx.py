@@ -128,12 +128,12 @@ def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
     for function in model.functions:
         _walk_nodes(function.node, f"function:{function.name}/", entries, consumers)
     files = ExternalFiles(path, trust=options.trust)
-    kept = [e for e in _unique(entries) if options.include_constants or not _is_integer_constant(e, consumers)]
-    left_out = len(entries) - len(kept)
+    included = [e for e in _unique(entries) if options.include_constants or not _is_integer_constant(e, consumers)]
+    left_out = len(entries) - len(included)
     # Resident memory stays near one tensor: the pages of external data are dropped
     # once the next tensor is requested (see `pages`).
     window = PageWindow()
-    for record in window.stream(_record(path, entry, files) for entry in kept):
+    for record in window.stream(_record(path, entry, files) for entry in included):
         yield replace(record, load=watch(record.load, window, files.mapped_span))
     if left_out:
         logger.info("left out %d small integer constants of %s (--include-constants keeps them)", left_out, path)
