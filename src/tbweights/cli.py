@@ -134,6 +134,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="also read optimizer and scheduler state from training checkpoints",
     )
     parser.add_argument(
+        "--include-constants",
+        action="store_true",
+        help="also read the small integer constants of ONNX graphs (shapes, axes, indices)",
+    )
+    parser.add_argument(
         "--trust-checkpoint",
         action="store_true",
         help="allow loaders that can run code from the file (full pickles, "
@@ -232,7 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_options(args: argparse.Namespace) -> LoadOptions:
-    return LoadOptions(trust=args.trust_checkpoint, include_optimizer=args.include_optimizer)
+    return LoadOptions(
+        trust=args.trust_checkpoint,
+        include_optimizer=args.include_optimizer,
+        include_constants=args.include_constants,
+    )
 
 
 def run_convert(args: argparse.Namespace, out: Output) -> int:

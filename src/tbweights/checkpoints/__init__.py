@@ -30,10 +30,13 @@ class LoadOptions:
     `trust` allows loaders that can run code stored in the file (full pickles,
     TorchScript, NumPy object arrays); only set it for files you trust.
     `include_optimizer` keeps optimizer and scheduler state, left out by default.
+    `include_constants` keeps the small integer constants of model graphs (shapes,
+    axes, indices; ONNX), left out by default.
     """
 
     trust: bool = False
     include_optimizer: bool = False
+    include_constants: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ _FORMAT_MODULES: tuple[str, ...] = (
     "tbweights.checkpoints.numpy",
     "tbweights.checkpoints.torch",
     "tbweights.checkpoints.folder",
+    "tbweights.checkpoints.onnx",
 )
 
 
