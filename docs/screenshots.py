@@ -2,7 +2,8 @@
 
     PYTHONPATH=src python docs/screenshots.py [--out docs/images]
 
-It needs Debian's `chromium` and `chromium-driver` and the `dev` extra (selenium).
+It needs Debian's `chromium` and `chromium-driver`, the `dev` extra (selenium) and
+Pillow (a dependency of tensorboard).
 The run, the server and the browser are those of tests/test_browser.py
 (tests/browser_support.py): a 16-32-4 MLP and a small head logged with scalars,
 change tracking and the init check, here at 21 steps (0 to 200), served by
@@ -37,7 +38,8 @@ SETTLE_SECONDS = 1.5
 FC_TAGS = tuple(tag for tag in support.HISTOGRAM_TAGS if tag.startswith("fc"))
 
 FIND_LOADER_JS = support.DEEP_ALL + "return deepAll(arguments[0]).find(loader => loader.tag === arguments[1]);"
-# A text card scrolls its steps in a box 500 px high; the pictures show the first step's whole table.
+# A text card scrolls its steps in a box 500 px high, so the pictures lift that limit
+# to show the whole table of the latest step, which comes first.
 UNCLIP_CARD_JS = "arguments[0].shadowRoot.querySelector('#steps-container').style.maxHeight = 'none';"
 # The right and bottom edge of the card's first table (the latest step), relative to the card.
 TABLE_EDGES_JS = """
@@ -56,7 +58,7 @@ def open_filtered(driver: Any, base_url: str, dashboard: str, tag_filter: str, *
 
 
 def save_png(png: bytes, path: Path) -> None:
-    """Save a screenshot with 256 colors, which keeps TensorBoard's flat colors at a third of the size."""
+    """Save a screenshot with 256 colors: TensorBoard's flat colors survive, and the file shrinks."""
     from PIL import Image
 
     image = Image.open(io.BytesIO(png)).convert("RGB")
@@ -71,7 +73,8 @@ def settle_and_save(driver: Any, path: Path) -> None:
 
 def set_viewport(driver: Any, width: int, height: int) -> None:
     driver.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
     )
 
 
@@ -101,7 +104,6 @@ def scalars(driver: Any, base_url: str, out: Path) -> None:
 
 def time_series(driver: Any, base_url: str, out: Path) -> None:
     from selenium.webdriver.common.by import By
-
     from selenium.webdriver.common.keys import Keys
 
     support.open_dashboard(driver, base_url, "timeseries")
@@ -157,7 +159,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp) / "logs"
         support.write_run(logdir, STEPS)
-        with support.tensorboard(logdir, support.SAMPLES_FLAG, steps=STEPS) as base_url, support.chromium(WIDTH, HEIGHT) as driver:
+        with (
+            support.tensorboard(logdir, support.SAMPLES_FLAG, steps=STEPS) as base_url,
+            support.chromium(WIDTH, HEIGHT) as driver,
+        ):
             for take in (histograms, distributions, scalars, time_series, text):
                 take(driver, base_url, args.out)
 

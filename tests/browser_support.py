@@ -45,7 +45,7 @@ TEXT_TAGS = tuple(tag + "/stats" for tag in HISTOGRAM_TAGS)
 OVERVIEW_TAG = "tbweights/overview"
 INIT_CHECK_TAG = "tbweights/init_check"
 SCALAR_TAG = "fc1/weight/l2_norm"
-# fc2.weight holds one NaN at every step; the text summary and the init check must say so.
+# fc2.weight contains one NaN at every step, and the text summary and the init check must say so.
 NAN_TENSOR = "fc2.weight"
 NAN_TAG = "fc2/weight"
 SAMPLES_FLAG = "--samples_per_plugin=text=1000,histograms=1000"
@@ -88,7 +88,9 @@ def write_run(logdir: Path, steps: tuple[int, ...] = STEPS) -> Path:
             weights[NAN_TENSOR][1, 3] = np.nan
             writer.log(weights, step)
             # A training step: the weights drift and spread a little.
-            weights = {name: 1.03 * w + rng.normal(0.0, 0.02, w.shape).astype(np.float32) for name, w in weights.items()}
+            weights = {
+                name: 1.03 * w + rng.normal(0.0, 0.02, w.shape).astype(np.float32) for name, w in weights.items()
+            }
     return run_dir
 
 
@@ -117,7 +119,9 @@ def _run_loaded(port: int, steps: tuple[int, ...]) -> bool:
     for tag in HISTOGRAM_TAGS:
         if tag not in get_json(port, "/data/plugin/histograms/tags").get(RUN, {}):
             return False
-        served = [step for _wall, step, _buckets in get_json(port, "/data/plugin/histograms/histograms", run=RUN, tag=tag)]
+        served = [
+            step for _wall, step, _buckets in get_json(port, "/data/plugin/histograms/histograms", run=RUN, tag=tag)
+        ]
         if served != list(steps):
             return False
     return True
@@ -195,7 +199,7 @@ def chromium(width: int = 1400, height: int = 900) -> Iterator[Any]:
 
 
 # JavaScript run in the page. `deepAll(selector)` matches in the document and in every
-# shadow root below it; `deepText(node)` is the visible text of a node and its shadow
+# shadow root below it. `deepText(node)` is the visible text of a node and its shadow
 # roots, without style and script elements.
 DEEP_ALL = """
 function deepAll(selector, root = document) {
@@ -218,7 +222,9 @@ function deepText(node) {
 """
 
 # Per legacy loader element (tf-histogram-loader, tf-text-loader, ...): its tag and how much it drew.
-LOADERS_JS = DEEP_ALL + """
+LOADERS_JS = (
+    DEEP_ALL
+    + """
 return deepAll(arguments[0]).map(loader => ({
   tag: loader.tag,
   run: loader.run,
@@ -228,6 +234,7 @@ return deepAll(arguments[0]).map(loader => ({
   text: deepText(loader.shadowRoot),
 }));
 """
+)
 
 # The time-series histogram cards: their tag and how many filled paths they drew.
 TIMESERIES_HISTOGRAMS_JS = """
@@ -268,9 +275,11 @@ def console_errors(driver: Any, base_url: str) -> list[str]:
     ]
 
 
-# Legacy dashboards open only their first categories (tag groups); this clicks the heading
-# of every closed one, the way a user expands it, and returns the names it opened.
-EXPAND_JS = DEEP_ALL + """
+# Legacy dashboards leave some categories (tag groups) closed, such as `tbweights` in the
+# Text dashboard. This script clicks the heading of each closed one, as a user would.
+EXPAND_JS = (
+    DEEP_ALL
+    + """
 const dashboard = deepAll(arguments[0])[0];
 if (!dashboard) return null;
 const opened = [];
@@ -282,6 +291,7 @@ for (const view of deepAll('tf-category-paginated-view', dashboard.shadowRoot)) 
 }
 return opened;
 """
+)
 
 
 def expand_groups(driver: Any, dashboard_element: str) -> list[str]:

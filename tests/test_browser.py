@@ -63,7 +63,9 @@ def test_histograms_dashboard_draws_every_tag(page: Any, base_url: str) -> None:
 
 def test_distributions_dashboard_draws_every_tag(page: Any, base_url: str) -> None:
     support.open_dashboard(page, base_url, "distributions")
-    support.wait_for(page, support.drawn_loaders("tf-distribution-loader", support.HISTOGRAM_TAGS), "distribution cards")
+    support.wait_for(
+        page, support.drawn_loaders("tf-distribution-loader", support.HISTOGRAM_TAGS), "distribution cards"
+    )
 
 
 def test_scalars_dashboard_draws_tensor_scalars(page: Any, base_url: str) -> None:
@@ -143,3 +145,20 @@ def test_text_init_check_is_a_table(page: Any, base_url: str) -> None:
     assert set(rows) == set(support.TENSOR_NAMES)
     assert rows[support.NAN_TENSOR]["verdict"] == "broken"
     assert rows["fc1.weight"]["verdict"] == "consistent"
+
+
+def test_default_sample_sizes_show_every_step(driver: Any, tmp_path: Path) -> None:
+    """Without --samples_per_plugin, a run of four steps still shows all of them."""
+    logdir = tmp_path / "logs"
+    support.write_run(logdir)
+    with support.tensorboard(logdir) as url:
+        support.console_errors(driver, url)
+        support.open_dashboard(driver, url, "text")
+        tags = (support.OVERVIEW_TAG, support.NAN_TAG + "/stats")
+        tables = support.wait_for(driver, support.text_tables(tags, len(support.STEPS)), "text tables")
+        assert [len(tables[tag]) for tag in tags] == [len(support.STEPS)] * 2
+        support.open_dashboard(driver, url, "histograms")
+        support.wait_for(
+            driver, support.drawn_loaders("tf-histogram-loader", support.HISTOGRAM_TAGS), "histogram cards"
+        )
+        assert support.console_errors(driver, url) == []
