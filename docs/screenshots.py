@@ -118,6 +118,7 @@ def time_series(driver: Any, base_url: str, out: Path) -> None:
         return any(card["tag"] == "fc1/weight" and card["paths"] > 0 for card in cards)
 
     support.wait_for(driver, drawn, "the fc1/weight histogram card")
+    driver.execute_script("document.activeElement.blur();")  # no text cursor in the picture
     settle_and_save(driver, out / "time-series.png")
 
 
@@ -148,9 +149,28 @@ def text(driver: Any, base_url: str, out: Path) -> None:
         set_viewport(driver, WIDTH, HEIGHT)
 
 
+def report_text_widths(driver: Any, base_url: str, widths: list[int]) -> None:
+    """Print, for each page width, how wide each text table renders and which words it breaks."""
+    tags = (support.OVERVIEW_TAG, support.INIT_CHECK_TAG, support.NAN_TAG + "/stats")
+    for width in widths:
+        set_viewport(driver, width, HEIGHT)
+        for tag in tags:
+            open_filtered(driver, base_url, "text", "^" + tag + "$")
+            support.wait_for(driver, support.text_tables((tag,), 1), f"the text of {tag}")
+            table_width, broken = support.broken_words(driver, tag)
+            print(f"page {width} px  {tag}: table {table_width} px, {len(broken)} broken words {broken[:6]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "images")
+    parser.add_argument(
+        "--text-widths",
+        type=int,
+        nargs="+",
+        metavar="PIXELS",
+        help="take no pictures; print, for each page width, the text tables' widths and broken words",
+    )
     args = parser.parse_args()
     reason = support.missing_browser()
     if reason is not None:
@@ -163,6 +183,9 @@ def main() -> None:
             support.tensorboard(logdir, support.SAMPLES_FLAG, steps=STEPS) as base_url,
             support.chromium(WIDTH, HEIGHT) as driver,
         ):
+            if args.text_widths:
+                report_text_widths(driver, base_url, args.text_widths)
+                return
             for take in (histograms, distributions, scalars, time_series, text):
                 take(driver, base_url, args.out)
 

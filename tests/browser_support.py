@@ -335,3 +335,37 @@ def wait_for(driver: Any, condition: Any, what: str, timeout: float = 90) -> Any
 def visible_text(driver: Any) -> str:
     """The page's text, shadow roots included, with whitespace runs collapsed."""
     return " ".join(str(driver.execute_script(VISIBLE_TEXT_JS)).split())
+
+
+# The rendered width of a text tag's first visible table and the words in it that the
+# browser split across two lines. TensorBoard's CSS (`word-break: break-word`) lets a squeezed table cell
+# break a word, a number included, at any character.
+BROKEN_WORDS_JS = (
+    DEEP_ALL
+    + r"""
+const table = deepAll('tf-text-loader')
+  .filter(loader => loader.tag === arguments[0])
+  .map(loader => deepAll('table', loader.shadowRoot)[0])
+  .find(table => table && table.getBoundingClientRect().width > 0);
+const broken = [];
+for (const cell of table.querySelectorAll('td, th')) {
+  const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (const match of node.textContent.matchAll(/\S+/g)) {
+      const range = document.createRange();
+      range.setStart(node, match.index);
+      range.setEnd(node, match.index + match[0].length);
+      const lines = new Set([...range.getClientRects()].map(rect => Math.round(rect.top)));
+      if (lines.size > 1) broken.push(match[0]);
+    }
+  }
+}
+return [Math.round(table.getBoundingClientRect().width), broken];
+"""
+)
+
+
+def broken_words(driver: Any, tag: str) -> tuple[int, list[str]]:
+    """The width in CSS pixels of the text tag's first table, and the words it shows broken."""
+    width, words = driver.execute_script(BROKEN_WORDS_JS, tag)
+    return int(width), [str(word) for word in words]

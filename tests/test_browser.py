@@ -102,12 +102,14 @@ def test_time_series_shows_histogram_cards(page: Any, base_url: str) -> None:
 
 def test_text_stats_tables_show_each_step(page: Any, base_url: str) -> None:
     support.open_dashboard(page, base_url, "text")
-    tags = tuple(tag + "/stats" for tag in support.HISTOGRAM_TAGS)
+    tags = support.TEXT_TAGS
     tables = support.wait_for(page, support.text_tables(tags, len(support.STEPS)), "text tables")
     for tag, name in zip(tags, support.TENSOR_NAMES, strict=True):
         for table in tables[tag]:
             assert table[0] == ["statistic", "value"]
             assert dict(table[1:])["name"] == name
+        # In a 1400-pixel window the two-column table fits, so no number is split across lines.
+        assert support.broken_words(page, tag)[1] == []
 
 
 def test_text_shows_nan_count(page: Any, base_url: str) -> None:
