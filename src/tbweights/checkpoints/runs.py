@@ -91,18 +91,23 @@ def scan_run_folder(folder: str | os.PathLike[str]) -> RunFolder | None:
     for entry in entries:
         if entry.name.startswith(NOT_MODEL_FILES):
             continue
+        if entry.is_symlink() and not entry.exists():
+            if entry.name.endswith(WEIGHT_SUFFIXES):
+                run.left_out.append(f"{entry}: broken symbolic link to {os.readlink(entry)}; left out of the run")
+            continue
         checkpoint = _checkpoint_of(entry)
         if checkpoint is None:
             continue
-        step = step_from_name(checkpoint.name if entry.is_dir() else checkpoint.name.split(".", 1)[0])
+        stem = checkpoint.name if entry.is_dir() else checkpoint.name.split(".", 1)[0]
+        step = step_from_name(stem)
         if step is not None:
             found.append((step, checkpoint.name, checkpoint))
         else:
-            run.left_out.append(f"{entry}: no step number in its name; left out of the run{_why_stepless(entry)}")
+            run.left_out.append(f"{entry}: {_why_stepless(entry, stem)}")
     has_model_file = any((folder / name).is_file() for name in MODEL_FILES)
     if len(found) < (2 if has_model_file else 1):
         return None
-    found.sort(key=lambda item: (item[0], item[1]))
+    found = _one_per_step(found, run.left_out)
     run.checkpoints = [path for _, _, path in found]
     run.steps = [step for step, _, _ in found]
     return run
@@ -134,10 +139,40 @@ def run_subfolders(folder: Path, depth: int = 3, limit: int = 200) -> list[Path]
     return found
 
 
-def _why_stepless(entry: Path) -> str:
+def _one_per_step(found: list[tuple[int, str, Path]], left_out: list[str]) -> list[tuple[int, str, Path]]:
+    """Keep the most recently saved checkpoint of each step, in step order, and report the others.
+
+    Lightning saves `epoch=0-step=100-v1.ckpt` beside `epoch=0-step=100.ckpt` when a
+    run is restarted into the same folder. Numbering the checkpoints by position
+    instead would change every step each time the folder is converted again.
+    """
+    by_step: dict[int, list[tuple[float, str, Path]]] = {}
+    for step, name, path in found:
+        by_step.setdefault(step, []).append((_saved_at(path), name, path))
+    kept: list[tuple[int, str, Path]] = []
+    for step in sorted(by_step):
+        newest_first = sorted(by_step[step], key=lambda item: (item[0], item[1]), reverse=True)
+        _, name, path = newest_first[0]
+        kept.append((step, name, path))
+        for _, _, other in newest_first[1:]:
+            left_out.append(f"{other}: step {step} again; {name}, saved later, is used for it; left out of the run")
+    return kept
+
+
+def _saved_at(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _why_stepless(entry: Path, stem: str) -> str:
+    too_large = [n for n in re.findall(r"\d+", stem) if int(n) > MAX_STEP]
+    if too_large:
+        return f"step number {too_large[-1]} is beyond TensorBoard's largest step, 2**63 - 1; left out of the run"
     if entry.suffix == ".ckpt" and entry.name.startswith("last"):
-        return " (Lightning's last.ckpt repeats the newest checkpoint)"
-    return ""
+        return "no step number in its name; left out of the run (Lightning's last.ckpt repeats the newest checkpoint)"
+    return "no step number in its name; left out of the run"
 
 
 def _is_own_checkpoint(folder: Path) -> bool:

@@ -1,0 +1,63 @@
+"""Awkward run folders: repeated steps, steps beyond int64, broken links, an empty folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from tbweights.cli import main
+
+
+def save(path: Path, value: float, mtime: float | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"fc1.weight": np.full((2, 3), value, dtype=np.float32)}, str(path))
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def test_repeated_step_keeps_newest_and_real_steps(tmp_path: Path, read_run, capsys) -> None:
+    """Lightning's `-v1` copy of a step must not renumber the run by position."""
+    run, logdir = tmp_path / "checkpoints", tmp_path / "logs"
+    save(run / "epoch=0-step=4.safetensors", 4.0, mtime=1_000)
+    save(run / "epoch=0-step=8-v1.safetensors", 8.5, mtime=3_000)
+    save(run / "epoch=0-step=8.safetensors", 8.0, mtime=2_000)
+    assert main(["convert", str(run), "--logdir", str(logdir)]) == 0
+    err = capsys.readouterr().err
+    assert f"{run / 'epoch=0-step=8.safetensors'}: step 8 again; epoch=0-step=8-v1.safetensors" in err
+    reader = read_run(logdir)
+    assert reader.steps("fc1/weight") == [4, 8]
+    assert reader.value("fc1/weight", 8)[0, 0] == 8.5
+
+    save(run / "epoch=1-step=12.safetensors", 12.0, mtime=4_000)
+    assert main(["convert", str(run), "--logdir", str(logdir)]) == 0
+    assert read_run(logdir).steps("fc1/weight") == [4, 8, 12]
+
+
+def test_step_beyond_int64_is_named(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    save(run / "ckpt-5.safetensors", 5.0)
+    save(run / "ckpt-99999999999999999999.safetensors", 1.0)
+    assert main(["convert", str(run), "--logdir", str(tmp_path / "logs")]) == 0
+    err = capsys.readouterr().err
+    assert "step number 99999999999999999999 is beyond TensorBoard's largest step" in err
+
+
+def test_broken_link_is_reported(tmp_path: Path, read_run, capsys) -> None:
+    run = tmp_path / "run"
+    save(run / "ckpt-5.safetensors", 5.0)
+    (run / "ckpt-9.safetensors").symlink_to(tmp_path / "gone.safetensors")
+    assert main(["convert", str(run), "--logdir", str(tmp_path / "logs")]) == 0
+    err = capsys.readouterr().err
+    assert f"{run / 'ckpt-9.safetensors'}: broken symbolic link to {tmp_path / 'gone.safetensors'}" in err
+    assert read_run(tmp_path / "logs").steps("fc1/weight") == [5]
+
+
+def test_empty_folder_says_so(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["convert", str(tmp_path / "empty"), "--logdir", str(tmp_path / "logs")]) == 1
+    err = capsys.readouterr().err
+    expected = "the folder is empty; pass a checkpoint file or a folder that contains one"
+    assert err.strip() == f"error: {tmp_path / 'empty'}: {expected}"
