@@ -206,8 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument(
         "--format",
-        type=ShowFormat,
-        choices=list(ShowFormat),
+        type=_show_format,
         default=ShowFormat.TABLE,
         metavar="{table,json,csv}",
         help="table: aligned for reading (default); json: one JSON object per line; "
@@ -331,6 +330,15 @@ def run_demo(args: argparse.Namespace, out: Output) -> int:
     out.result(f"wrote {len(report.results)} tensors of a 784-128-10 MLP at step 0 to {args.logdir}")
     out.result(f"open it with: tensorboard --logdir {args.logdir}")
     return 0
+
+
+def _show_format(value: str) -> ShowFormat:
+    """Parse `--format`; argparse would name the enum class in its error otherwise."""
+    try:
+        return ShowFormat(value.lower())
+    except ValueError:
+        names = ", ".join(fmt.value for fmt in ShowFormat)
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {names})") from None
 
 
 _COMMANDS = {"convert": run_convert, "show": run_show, "demo": run_demo}

@@ -1,0 +1,27 @@
+"""`show --format` names its choices on a wrong value and accepts any case."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tbweights.cli import main
+
+
+def test_unknown_format_names_the_choices(tmp_path: Path, capsys) -> None:
+    save_file({"w": np.ones(2, np.float32)}, str(tmp_path / "m.safetensors"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["show", str(tmp_path / "m.safetensors"), "--format", "xml"])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "tbweights show: error: argument --format: invalid choice: 'xml' (choose from table, json, csv)"
+
+
+def test_format_in_capitals(tmp_path: Path, capsys) -> None:
+    save_file({"w": np.ones(2, np.float32)}, str(tmp_path / "m.safetensors"))
+    assert main(["show", str(tmp_path / "m.safetensors"), "--format", "JSON"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "w"
