@@ -61,3 +61,16 @@ def test_empty_folder_says_so(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     expected = "the folder is empty; pass a checkpoint file or a folder that contains one"
     assert err.strip() == f"error: {tmp_path / 'empty'}: {expected}"
+
+
+def test_rerun_does_not_claim_every_step(tmp_path: Path, capsys) -> None:
+    """A checkpoint below the last logged step is left out, so the logdir does not hold every step."""
+    run, logdir = tmp_path / "run", tmp_path / "logs"
+    save(run / "ckpt-3.safetensors", 3.0)
+    assert main(["convert", str(run), "--logdir", str(logdir)]) == 0
+    save(run / "ckpt-1.safetensors", 1.0)
+    capsys.readouterr()
+    assert main(["convert", str(run), "--logdir", str(logdir)]) == 0
+    out = capsys.readouterr().out
+    assert "already contains every step" not in out
+    assert f"nothing new to write to {logdir}; 1 checkpoint(s) left out, see above" in out

@@ -282,6 +282,9 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
     if report.steps:
         out.result(f"wrote {len(report.steps)} step(s) to {report.event_file}")
         out.result(f"open it with: tensorboard --logdir {report.logdir}")
+    elif report.already_logged and not report.failed and report.left_out:
+        # Not "every step": a checkpoint below the last logged step is not in the logdir.
+        out.result(f"nothing new to write to {report.logdir}; {len(report.left_out)} checkpoint(s) left out, see above")
     elif report.already_logged and not report.failed:
         out.result(f"nothing new to write: {report.logdir} already contains every step")
     attempted = len(report.steps) + len(report.failed)
