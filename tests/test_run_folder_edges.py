@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import save_file
 
 from tbweights.cli import main
@@ -74,3 +75,34 @@ def test_rerun_does_not_claim_every_step(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "already contains every step" not in out
     assert f"nothing new to write to {logdir}; 1 checkpoint(s) left out, see above" in out
+
+
+def test_onnx_run_folder(tmp_path: Path, read_run) -> None:
+    """`model_00010.onnx` files are steps like any other weight file, external data included."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (2, 10):
+        weight = numpy_helper.from_array(np.full((2, 3), float(step), np.float32), "fc1.weight")
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "fc1.weight"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+            [weight],
+        )
+        path = run / f"model_{step:05d}.onnx"
+        onnx.save_model(
+            helper.make_model(graph),
+            str(path),
+            save_as_external_data=step == 10,
+            location=f"{path.name}.data",
+            size_threshold=0,
+        )
+    assert (run / "model_00010.onnx.data").is_file()
+    assert main(["convert", str(run), "--logdir", str(tmp_path / "logs")]) == 0
+    reader = read_run(tmp_path / "logs")
+    assert reader.steps("fc1/weight") == [2, 10]
+    assert reader.value("fc1/weight", 10)[0, 0] == 10.0
