@@ -106,3 +106,17 @@ def test_onnx_run_folder(tmp_path: Path, read_run) -> None:
     reader = read_run(tmp_path / "logs")
     assert reader.steps("fc1/weight") == [2, 10]
     assert reader.value("fc1/weight", 10)[0, 0] == 10.0
+
+
+def test_checkpoint_folder_without_model_is_reported(tmp_path: Path, read_run, capsys) -> None:
+    """A Trainer `checkpoint-N/` still being saved holds no model file yet; say so instead of dropping it."""
+    run = tmp_path / "output"
+    save(run / "checkpoint-100" / "model.safetensors", 100.0)
+    (run / "checkpoint-200").mkdir()
+    save_file({"state.0.exp_avg": np.ones(3, np.float32)}, str(run / "checkpoint-200" / "optimizer.safetensors"))
+    (run / "logs_7").mkdir()  # a numbered folder that is no checkpoint folder: not reported
+    assert main(["convert", str(run), "--logdir", str(tmp_path / "logs")]) == 0
+    err = capsys.readouterr().err
+    assert f"{run / 'checkpoint-200'}: no model file in this checkpoint folder; left out of the run" in err
+    assert "logs_7" not in err
+    assert read_run(tmp_path / "logs").steps("fc1/weight") == [100]

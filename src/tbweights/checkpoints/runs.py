@@ -97,6 +97,9 @@ def scan_run_folder(folder: str | os.PathLike[str]) -> RunFolder | None:
             continue
         checkpoint = _checkpoint_of(entry)
         if checkpoint is None:
+            if entry.is_dir() and _STEP_WORD.search(entry.name):
+                # A Trainer `checkpoint-300/` that is still being saved, or whose save failed.
+                run.left_out.append(f"{entry}: no model file in this checkpoint folder; left out of the run")
             continue
         stem = checkpoint.name if entry.is_dir() else checkpoint.name.split(".", 1)[0]
         step = step_from_name(stem)
