@@ -14,8 +14,9 @@ folder with its own model file (`model.safetensors`, `pytorch_model.bin`, ...),
 unless it also contains at least two step-numbered checkpoints, as a Trainer's
 output folder does after training. Weight files without a step number, such as
 Lightning's `last.ckpt` (a copy of or link to the newest checkpoint), are left
-out and reported. Optimizer and scheduler files, logs, JSON and YAML files are
-ignored.
+out and reported. So are checkpoints that repeat a step (Lightning's `-v1` copies):
+the one saved last is kept. Optimizer and scheduler files, logs, JSON and YAML
+files are ignored.
 """
 
 from __future__ import annotations
