@@ -11,8 +11,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from markdown_tables import code_text, parse_table
 from tbweights import WeightWriter
-from tbweights.initcheck import Verdict, check_checkpoint, check_init, check_tensors
+from tbweights.initcheck import MARKDOWN_COLUMNS, Verdict, check_checkpoint, check_init, check_tensors
 from tbweights.initschemes import Layout, fans
 from tbweights.stats import compute_stats
 from tbweights.tensors import NamedTensor, guess_role
@@ -252,11 +253,14 @@ def test_writer_writes_report_at_first_step(logdir, read_run) -> None:
     run = read_run(logdir)
     assert run.plugin("tbweights/init_check") == "text"
     assert run.steps("tbweights/init_check") == [0]
-    table = run.value("tbweights/init_check", 0)
-    assert table.shape == (3, 11)
-    assert table[0, 0].decode() == "**name**"
-    assert [row[0].decode() for row in table[1:]] == ["weight", "bias"]
-    assert table[1, 9].decode() == "consistent"
+    text = run.text("tbweights/init_check", 0)
+    header, *_ = parse_table(text)
+    assert header == list(MARKDOWN_COLUMNS)
+    rows = run.table("tbweights/init_check", 0)
+    assert [code_text(row["name"]) for row in rows] == ["weight", "bias"]
+    assert rows[0]["layer"] == "Linear"
+    assert rows[0]["verdict"] == "consistent"
+    assert rows[0]["expected std"] == f"{first.init_check['weight'].expected_std:.6g}"
 
 
 def keras_tensors(keras, layer, input_shape, use_layer_type):
