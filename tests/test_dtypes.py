@@ -75,7 +75,6 @@ def test_sparse_counts_implicit_zeros() -> None:
 
 def test_complex_first_values_and_note(tmp_path) -> None:
     from conftest import RunReader
-    from markdown_tables import code_text
 
     report = log_weights({"z": torch.tensor([3 - 4j, 1j])}, tmp_path)
     stats = report.results[0].stats
@@ -167,7 +166,6 @@ def test_tied_parameters_logged_once(tmp_path) -> None:
     assert report.results[0].tensor.aliases == ("head.weight",)
 
     from conftest import RunReader
-    from markdown_tables import code_text
 
     assert "| also named | `head.weight` |" in RunReader(tmp_path).text("embed/weight/stats")
 

@@ -14,7 +14,7 @@ from tensorboard.util import tensor_util
 import tbweights
 from markdown_tables import code_text, parse_table
 from tbweights import WeightWriter, log_weights
-from tbweights.summaries import OVERVIEW_COLUMNS
+from tbweights.summaries import OVERVIEW_COLUMNS, overview_markdown
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 
@@ -93,6 +93,15 @@ def test_overview_row_matches_statistics(logdir, read_run) -> None:
     assert rows["2.weight"]["mean"] == f"{stats.mean:.6g}"
     assert rows["2.weight"]["max"] == f"{stats.max:.6g}"
     assert rows["2.weight"]["non-finite"] == "0"
+
+
+def test_overview_lists_skipped_under_table() -> None:
+    rows = [["`a|b`", "(2,)", "float32", "0", "1", "-1", "1", "0"]]
+    text = overview_markdown(rows, [("odd|name`", "not readable: a | b\nc")])
+    header, *parsed = parse_table(text)
+    assert header == list(OVERVIEW_COLUMNS)
+    assert [code_text(row[0]) for row in parsed] == ["a|b"]
+    assert text.endswith("\n\nSkipped:\n\n- `` odd|name` ``: not readable: a \\| b\\nc")
 
 
 def test_model_left_as_found() -> None:

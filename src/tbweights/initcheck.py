@@ -173,10 +173,10 @@ def _fmt_bounds(bounds: tuple[float, float] | None, missing: str) -> str:
     return missing if bounds is None else f"{fmt(bounds[0])}, {fmt(bounds[1])}"
 
 
-# The columns of the TensorBoard table (`init_check_markdown`). Each reason goes in a list
-# under the table, and shape, fans and bounds are left to `InitFinding` and `tbweights show
-# --check-init`, so that the table fits a text card in a 1280-pixel window, where
-# TensorBoard would otherwise split its words.
+# The columns of the TensorBoard table (`init_check_markdown`). Shape, fans and bounds are
+# left to `InitFinding` and `tbweights show --check-init`, and the reasons go in a list under
+# the table. A wider table would not fit a text card in a 1280-pixel window, and TensorBoard
+# would then split its words.
 MARKDOWN_COLUMNS = ("name", "layer", "closest scheme", "expected std", "measured std", "verdict")
 
 
@@ -196,7 +196,9 @@ def init_check_markdown(report: InitReport) -> str:
     text = markdown_table(MARKDOWN_COLUMNS, rows)
     if any(f.layer_inferred for f in report.findings):
         text += "\n\n\\* layer inferred from the tensor's name and shape"
-    reasons = [f"- {code_span(f.name)} ({f.verdict.value}): {escape_markdown(f.reason)}" for f in report.findings if f.reason]
+    reasons = [
+        f"- {code_span(f.name)} ({f.verdict.value}): {escape_markdown(f.reason)}" for f in report.findings if f.reason
+    ]
     if reasons:
         text += "\n\n" + "\n".join(reasons)
     return text

@@ -118,7 +118,7 @@ def tensor_markdown(tensor: NamedTensor, stats: TensorStats) -> str:
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """Join cells into a Markdown table; each cell must already be escaped (`code_span`, `escape_markdown`).
+    """Join cells into a Markdown table. Each cell must already be escaped (`code_span`, `escape_markdown`).
 
     TensorBoard renders a scalar string of this form with a header row and at the
     width of its content, where a 2-D string tensor is stretched to the card width.
