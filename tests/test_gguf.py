@@ -318,3 +318,31 @@ def test_cli_truncated_file(tmp_path) -> None:
     assert shown.stderr.startswith("error: ")
     assert "truncated or corrupt" in shown.stderr
     assert "Traceback" not in shown.stderr
+
+
+@pytest.mark.parametrize("endianess", ["LITTLE", "BIG"])
+def test_metadata_arrays_are_stepped_over(tmp_path, endianess: str) -> None:
+    from tbweights.checkpoints.gguf_header import open_fast
+
+    path = tmp_path / "model.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama", endianess=gguf.GGUFEndian[endianess])
+    writer.add_custom_alignment(64)
+    writer.add_token_list([f"token{i}" for i in range(300)] + ["", "ü"])
+    writer.add_token_scores([float(i) for i in range(302)])
+    writer.add_array("test.nested", [[1, 2], [3], ["a", "b"]])
+    writer.add_name("after the arrays")
+    values = np.arange(20, dtype=np.float32).reshape(4, 5)
+    writer.add_tensor("w", values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    fast = open_fast(gguf, path)
+    plain = gguf.GGUFReader(path)
+    assert fast.alignment == plain.alignment == 64
+    assert fast.data_offset == plain.data_offset
+    assert fast.fields["general.name"].contents() == "after the arrays"
+    assert "tokenizer.ggml.tokens" not in fast.fields
+    assert [t.data_offset for t in fast.tensors] == [t.data_offset for t in plain.tensors]
+    np.testing.assert_array_equal(records(path)["w"].load(), values)

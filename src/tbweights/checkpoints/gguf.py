@@ -1,11 +1,11 @@
 """GGUF files (llama.cpp's format), memory-mapped through the `gguf` package.
 
-`gguf.GGUFReader` maps the file and parses its header; `gguf.quants.dequantize`
+`gguf.GGUFReader` maps the file and parses its header. `gguf.quants.dequantize`
 turns block-quantized tensors (Q4_0, Q8_0, the K-quants, IQ types, ...) into
-float32, one tensor at a time and in row chunks, so the float32 copy of the
-tensor being summarized is the only large allocation. F32, F64 and the integer
-types are read in place, F16 and BF16 are handed to the kernel as they are
-stored (it upcasts them chunk by chunk).
+float32, one tensor at a time and in row chunks. The float32 copy of the tensor
+being summarized is so the only large allocation. F32, F64 and the integer types
+are read in place, and F16 and BF16 go to the kernel as stored, which upcasts
+them chunk by chunk.
 
 GGUF lists dimensions fastest-varying first (`ne[0]` is the row length), the
 reverse of PyTorch and NumPy. Shapes are reported in PyTorch order, so a
@@ -18,7 +18,8 @@ each numbered block in numeric order with its tensors in file order, then the
 output head (`output_norm`, `output`, `cls`).
 
 The file's key/value metadata (architecture, tokenizer, quantization version)
-is not read: it holds no weights, and `gguf-dump` from the gguf package prints it.
+is not reported: it holds no weights, and `gguf-dump` from the gguf package
+prints it. Its arrays are not even parsed (see `gguf_header`).
 
 The gguf package is an optional dependency (the `gguf` extra), imported only
 when a GGUF file is read.
@@ -26,6 +27,7 @@ when a GGUF file is read.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,7 @@ import ml_dtypes
 import numpy as np
 
 from tbweights.checkpoints import Format, LoadOptions
+from tbweights.checkpoints.gguf_header import open_fast
 from tbweights.checkpoints.pages import PageWindow
 from tbweights.errors import CheckpointError, MissingDependencyError, TensorError
 from tbweights.tensors import NamedTensor, guess_role
@@ -78,7 +81,7 @@ def open_reader(path: Path) -> GGUFReader:
     """Parse the header of the GGUF file at `path`; raise `CheckpointError` if it is unreadable."""
     gguf = import_gguf()
     try:
-        reader: GGUFReader = gguf.GGUFReader(path, "r")
+        reader: GGUFReader = open_fast(gguf, path)
     except ValueError as error:
         if "GGMLQuantizationType" in str(error):
             raise CheckpointError(
@@ -87,7 +90,7 @@ def open_reader(path: Path) -> GGUFReader:
                 "upgrade the gguf package with `pip install -U gguf`",
             ) from None
         raise CheckpointError(path, _corrupt(error)) from None
-    except (IndexError, KeyError, OverflowError, UnicodeDecodeError) as error:
+    except (IndexError, KeyError, OverflowError, UnicodeDecodeError, struct.error) as error:
         raise CheckpointError(path, _corrupt(error)) from None
     return reader
 
@@ -111,7 +114,7 @@ def _version(gguf: Any) -> str:
 
 
 def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
-    del options  # a GGUF file holds no code to run and no optimizer state
+    del options  # a GGUF file contains no code to run and no optimizer state
     reader = open_reader(path)
     swapped = reader.byte_order == "S"
     window = PageWindow()
@@ -192,9 +195,9 @@ def _plain_values(raw: np.ndarray, dtype: np.dtype, shape: tuple[int, ...], swap
 def dequantize(name: str, raw: np.ndarray, qtype: Any, shape: tuple[int, ...]) -> np.ndarray:
     """Dequantize one tensor's blocks (`raw`, bytes in rows) to float32 of `shape`, in row chunks.
 
-    Chunking bounds the temporaries of `gguf.quants.dequantize`, which holds every
-    partial result of a call at once: a whole-tensor call would need twice the
-    float32 size.
+    Chunking bounds the temporaries of `gguf.quants.dequantize`, which keeps every
+    partial result of a call until it joins them, so a whole-tensor call would
+    need twice the float32 size.
     """
     gguf = import_gguf()
     if not shape or 0 in shape:
