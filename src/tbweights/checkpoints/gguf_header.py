@@ -1,10 +1,10 @@
 """Open GGUF files with `gguf.GGUFReader`, but skip its parsing of metadata arrays.
 
-GGUFReader turns every element of every metadata array into NumPy views. A
-tokenizer contains hundreds of thousands of tokens, scores and merges, so with
-gguf 0.19 on a 2-core machine, opening Gemma 3 270M (Q4_K_M, 262,144 tokens)
-took 9 to 14 s and 650 MB before a tensor was read; this reader opens it in
-0.04 s and 60 MB. tbweights reads only the tensors, so `FastGGUFReader` steps
+GGUFReader turns every element of every metadata array into NumPy views, and a
+tokenizer contains hundreds of thousands of tokens, scores and merges. With gguf
+0.19 on a 2-core machine, opening Gemma 3 270M (Q4_K_M, 262,144 tokens) took 9
+to 14 s and 650 MB before a tensor was read. This reader opens it in 0.04 s and
+60 MB. tbweights reads only the tensors, so `FastGGUFReader` steps
 over array values with `struct` and keeps only the scalar and string fields,
 which include `general.alignment`.
 
