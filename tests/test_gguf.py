@@ -42,6 +42,7 @@ def write_gguf(path, tensors: dict[str, tuple[np.ndarray, QType | None]], *, end
     options = {} if endianess is None else {"endianess": endianess}
     writer = gguf.GGUFWriter(str(path), "llama", **options)
     for name, (array, qtype) in tensors.items():
+        array = array.copy()  # older gguf writers byte-swap big-endian tensors in place
         if qtype is None:
             writer.add_tensor(name, array)
         else:
@@ -332,7 +333,7 @@ def test_metadata_arrays_are_stepped_over(tmp_path, endianess: str) -> None:
     writer.add_array("test.nested", [[1, 2], [3], ["a", "b"]])
     writer.add_name("after the arrays")
     values = np.arange(20, dtype=np.float32).reshape(4, 5)
-    writer.add_tensor("w", values)
+    writer.add_tensor("w", values.copy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

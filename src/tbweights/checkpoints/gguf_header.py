@@ -9,7 +9,7 @@ over array values with `struct` and keeps only the scalar and string fields,
 which include `general.alignment`.
 
 The override uses GGUFReader's private helpers (`_get`, `_get_str`,
-`_get_field_parts`, `_push_field`, checked with gguf 0.19). `open_fast` falls
+`_get_field_parts`, `_push_field`, checked with gguf 0.16 and 0.19). `open_fast` falls
 back to the plain reader when one of them is missing.
 """
 
