@@ -20,9 +20,11 @@ from types import FrameType
 
 from tbweights import __version__
 from tbweights.checkpoints import LoadOptions
-from tbweights.cli_output import Output, print_init_table, print_show_table
-from tbweights.convert import MAX_STEP, convert, describe
+from tbweights.checkpoints.runs import MAX_STEP
+from tbweights.cli_output import Output, ShowFormat, print_init, print_show
+from tbweights.convert import convert, describe
 from tbweights.errors import TbweightsError
+from tbweights.show_format import table_width
 from tbweights.stats import DEFAULT_BUCKETS, DEFAULT_FIRST
 from tbweights.writer import MAX_BUCKETS
 
@@ -47,10 +49,33 @@ steps:
   epoch (checkpoint-500/ -> 500, epoch=4-step=1000.ckpt -> 1000), or a number that
   ends the name (model_00010.pt -> 10); a name without one gets its position.
 
+training runs:
+  A folder of checkpoints named with their steps (checkpoint-500/, ckpt-1000.pt,
+  epoch=3-step=1200.ckpt, model_00010.safetensors, TensorFlow ckpt-N) is read as
+  all of them, in step order; weight files without a step number (last.ckpt) are
+  left out with a warning. Steps already in the logdir are skipped, so converting
+  the folder again after training saved more checkpoints adds the new ones.
+
 examples:
   tbweights convert model.safetensors --logdir runs/model
   tbweights convert run/checkpoint-*/model.safetensors --logdir runs/train
+  tbweights convert lightning_run/checkpoints --logdir runs/train
   tbweights convert last.ckpt --logdir runs/x --exclude '*.num_batches_tracked'
+"""
+
+_SHOW_EPILOG = """\
+formats:
+  table  Numbers to 4 significant digits, counts as 12.3k/4.5M, long names
+         shortened in the middle, the first values cut first to fit the width.
+  json   JSON Lines: one object per tensor with full names and numbers at
+         full precision. NaN and infinities are the strings "NaN", "Infinity"
+         and "-Infinity". A tensor that could not be read has an "error" string.
+  csv    The same fields as json, with shape and first values as JSON text.
+
+examples:
+  tbweights show model.safetensors
+  tbweights show model.safetensors --format json | jq -r 'select(.nan > 0) | .name'
+  tbweights show last.ckpt --check-init --format csv > init.csv
 """
 
 
@@ -109,6 +134,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="also read optimizer and scheduler state from training checkpoints",
     )
     parser.add_argument(
+        "--include-constants",
+        action="store_true",
+        help="also read the small integer constants of ONNX graphs (shapes, axes, indices)",
+    )
+    parser.add_argument(
         "--trust-checkpoint",
         action="store_true",
         help="allow loaders that can run code from the file (full pickles, "
@@ -163,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
         "show",
         help="print each tensor's statistics and first values",
         description="Print one row per tensor: name, shape, dtype, statistics, first values.",
+        epilog=_SHOW_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     show.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or folder")
     show.add_argument(
@@ -171,6 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare each tensor with common initialization schemes (PyTorch and Keras defaults, "
         "Xavier, Kaiming, LeCun, orthogonal) and print the closest one and a verdict; "
         "exits 1 when a tensor's initialization is broken",
+    )
+    show.add_argument(
+        "--format",
+        type=ShowFormat,
+        choices=list(ShowFormat),
+        default=ShowFormat.TABLE,
+        metavar="{table,json,csv}",
+        help="table: aligned for reading (default); json: one JSON object per line; "
+        "csv: a header row, then one row per tensor (see 'formats' below)",
+    )
+    show.add_argument(
+        "--width",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help="fit the table to N characters per line, 0 for no limit (default: $COLUMNS, "
+        "else the terminal's width; no limit when stdout is not a terminal)",
     )
     _add_common(show)
 
@@ -188,7 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_options(args: argparse.Namespace) -> LoadOptions:
-    return LoadOptions(trust=args.trust_checkpoint, include_optimizer=args.include_optimizer)
+    return LoadOptions(
+        trust=args.trust_checkpoint,
+        include_optimizer=args.include_optimizer,
+        include_constants=args.include_constants,
+    )
 
 
 def run_convert(args: argparse.Namespace, out: Output) -> int:
@@ -207,10 +260,14 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
             on_checkpoint=progress.start_checkpoint,
             on_tensor=progress.advance,
         )
+    for reason in report.left_out:
+        out.warn(reason)
     if report.step_warning:
         out.warn(report.step_warning)
     for warning in report.shard_warnings:
         out.warn(warning)
+    for path, step in report.already_logged:
+        out.result(f"step {step} already in {report.logdir}, skipped ({path})")
     skipped_tensors = 0
     for path, step_report in report.steps:
         out.result(f"step {step_report.step}: {len(step_report.results)} tensors from {path}")
@@ -226,8 +283,11 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
     if report.steps:
         out.result(f"wrote {len(report.steps)} step(s) to {report.event_file}")
         out.result(f"open it with: tensorboard --logdir {report.logdir}")
-    if report.failed and len(checkpoints) > 1:
-        out.error(f"{len(report.failed)} of {len(checkpoints)} checkpoint(s) skipped; see the errors above")
+    elif report.already_logged and not report.failed:
+        out.result(f"nothing new to write: {report.logdir} already contains every step")
+    attempted = len(report.steps) + len(report.failed)
+    if report.failed and attempted > 1:
+        out.error(f"{len(report.failed)} of {attempted} checkpoint(s) skipped; see the errors above")
     if skipped_tensors:
         out.error(f"{skipped_tensors} tensor(s) skipped; see the warnings above")
     return EXIT_ERROR if report.failed or skipped_tensors else 0
@@ -241,19 +301,24 @@ def run_show(args: argparse.Namespace, out: Output) -> int:
         from tbweights.initcheck import check_checkpoint
 
         report = check_checkpoint(args.checkpoint, _load_options(args), select=selection.selects)
-        print_init_table(report, out)
+        print_init(report, out, args.format, table_width(args.width))
         if not report.findings:
             out.warn(f"no tensors found in {args.checkpoint}")
         if not report.ok:
-            out.error("some tensors have a broken initialization; see the table above")
+            where = "the table above" if args.format is ShowFormat.TABLE else "the verdict field"
+            out.error(f"some tensors have a broken initialization; see {where}")
             return EXIT_ERROR
         return 0
     rows = describe(args.checkpoint, first=args.first, load_options=_load_options(args))
-    shown = print_show_table(((t, s) for t, s in rows if selection.selects(t.name)), out)
+    selected = ((t, s) for t, s in rows if selection.selects(t.name))
+    shown = print_show(selected, out, args.format, table_width(args.width))
     if shown.rows == 0 and shown.failures == 0:
         out.warn(f"no tensors found in {args.checkpoint}")
     if shown.failures:
-        out.error(f"{shown.failures} tensor(s) skipped; see the warnings above")
+        if args.format is ShowFormat.TABLE:
+            out.error(f"{shown.failures} tensor(s) skipped; see the warnings above")
+        else:
+            out.error(f"{shown.failures} tensor(s) could not be summarized; see the error field of their rows")
         return EXIT_ERROR
     return 0
 

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tbweights.checkpoints import LoadOptions, read_checkpoint
-from tbweights.errors import TbweightsError
+from tbweights.checkpoints.runs import MAX_STEP, SHARD_SUFFIX, RunFolder, scan_run_folder, step_from_name
+from tbweights.errors import CheckpointError, TbweightsError
+from tbweights.event_steps import logged_steps, wait_for_later_file_name
 from tbweights.events import EventFileError
 from tbweights.stats import TensorStats, compute_stats
 from tbweights.tensors import NamedTensor
@@ -19,11 +21,6 @@ from tbweights.writer import _TENSOR_ERRORS, StepReport, WeightWriter, failure_r
 if TYPE_CHECKING:
     from tbweights.convert_parallel import CheckpointOutcome
 
-# `step-500`, `global_step=500`, `iter_500`, `checkpoint-500`, `ckpt-3`, `epoch=4`.
-_STEP_WORD = re.compile(r"(?:global_step|step|steps|iter|iteration|checkpoint|ckpt|epoch)[-_=]?(\d+)", re.I)
-_TRAILING_NUMBER = re.compile(r"[-_.](\d+)$")
-MAX_STEP = 2**63 - 1
-_SHARD_SUFFIX = re.compile(r"-\d+-of-\d+$")
 # TensorFlow writes checkpoint `ckpt-1` as `ckpt-1.index` and `ckpt-1.data-00000-of-00001`.
 _TF_CHECKPOINT_FILE = re.compile(r"^(?P<prefix>.+)\.(?:index|data-\d+-of-\d+)$")
 
@@ -41,16 +38,10 @@ def step_from_path(path: str | os.PathLike[str]) -> int | None:
     if latest is not None:
         path = path / latest  # a TensorFlow folder: the step of the checkpoint it reads
     name = path.name if path.is_dir() else path.name.split(".", 1)[0]
-    name = _SHARD_SUFFIX.sub("", name)  # model-00001-of-00002 is a shard, not step 2
     for part in (name, path.parent.name):
-        matches = list(_STEP_WORD.finditer(part))
-        preferred = [m for m in matches if "step" in m.group(0).lower()] or matches
-        number = preferred[-1].group(1) if preferred else None
-        if number is None:
-            trailing = _TRAILING_NUMBER.search(part)
-            number = trailing.group(1) if trailing else None
-        if number is not None and int(number) <= MAX_STEP:
-            return int(number)
+        step = step_from_name(part)
+        if step is not None:
+            return step
     return None
 
 
@@ -126,12 +117,56 @@ class FailedCheckpoint:
 
 @dataclass
 class ConvertReport:
+    """What `convert` wrote, skipped and failed to read.
+
+    `already_logged` lists (checkpoint, step) pairs not written because the
+    logdir already contains that step. `left_out` says why other checkpoints were
+    not written: weight files of a run folder without a step number, and steps
+    below the last one already in the logdir.
+    """
+
     logdir: str
     event_file: str | None = None
     step_warning: str | None = None
     shard_warnings: list[str] = field(default_factory=list)
     steps: list[tuple[str, StepReport]] = field(default_factory=list)
     failed: list[FailedCheckpoint] = field(default_factory=list)
+    already_logged: list[tuple[str, int]] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+
+
+def find_checkpoints(run_dir: str | os.PathLike[str]) -> list[str]:
+    """List the checkpoints of a training-run folder in step order (2 before 10).
+
+    See `tbweights.checkpoints.runs` for what counts as a run folder. Raises a
+    `CheckpointError` when `run_dir` is not one.
+    """
+    run = scan_run_folder(run_dir)
+    if run is None:
+        raise CheckpointError(
+            run_dir,
+            "not a folder of training checkpoints: no checkpoint file or folder in it has a step number "
+            "in its name (checkpoint-500/, ckpt-1000.pt, epoch=3-step=1200.ckpt)",
+        )
+    return [os.fspath(path) for path in run.checkpoints]
+
+
+def expand_run_folders(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[str]]:
+    """Replace each run folder among `paths` by its checkpoints, in step order.
+
+    Returns the paths and the reasons for the weight files that were left out.
+    Other paths, folders that are one checkpoint included, stay as given.
+    """
+    expanded: list[str] = []
+    left_out: list[str] = []
+    for path in paths:
+        run: RunFolder | None = scan_run_folder(path)
+        if run is None:
+            expanded.append(os.fspath(path))
+            continue
+        expanded.extend(os.fspath(checkpoint) for checkpoint in run.checkpoints)
+        left_out.extend(run.left_out)
+    return expanded, left_out
 
 
 def convert(
@@ -147,6 +182,10 @@ def convert(
 ) -> ConvertReport:
     """Write each checkpoint as one step of a single run in `logdir`.
 
+    A training-run folder among `paths` stands for its checkpoints (see
+    `find_checkpoints`). Steps that `logdir` already contains are not written
+    again (`already_logged`), so converting a run folder again after training
+    saved more checkpoints adds only the new steps, in a new event file.
     A checkpoint that cannot be read is recorded in `failed`; the others go on.
     With `jobs` > 1, worker processes compute the statistics of several checkpoints
     at once and this process writes them, in order: the run is the same as with one.
@@ -157,17 +196,21 @@ def convert(
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     if jobs > 1 and (writer_options.get("track_change") or writer_options.get("check_init")):
         raise ValueError("track_change and check_init need the tensors' values in this process; use jobs=1")
-    plan = plan_steps(paths, start_step)
-    report = ConvertReport(logdir=os.fspath(logdir), step_warning=plan.warning)
+    expanded, left_out = expand_run_folders(paths)
+    plan = plan_steps(expanded, start_step)
+    report = ConvertReport(logdir=os.fspath(logdir), step_warning=plan.warning, left_out=left_out)
     report.shard_warnings = [
         f"{path} is one shard of a sharded checkpoint; pass its folder or index file to read the whole model"
         for path in plan.paths
-        if _SHARD_SUFFIX.search(Path(path).name.split(".", 1)[0])
+        if SHARD_SUFFIX.search(Path(path).name.split(".", 1)[0])
     ]
+    todo = _new_steps(plan, report)
+    if todo.paths:
+        wait_for_later_file_name(logdir)
     with WeightWriter(logdir, **writer_options) as writer:  # type: ignore[arg-type]
         report.event_file = writer.path
-        outcomes = _outcomes(plan.paths, load_options, writer, jobs)
-        for path, step, outcome in zip(plan.paths, plan.steps, outcomes, strict=True):
+        outcomes = _outcomes(todo.paths, load_options, writer, jobs)
+        for path, step, outcome in zip(todo.paths, todo.steps, outcomes, strict=True):
             if on_checkpoint is not None:
                 on_checkpoint(path, step)
             try:
@@ -182,6 +225,34 @@ def convert(
                 continue
             report.steps.append((path, step_report))
     return report
+
+
+def _new_steps(plan: StepPlan, report: ConvertReport) -> StepPlan:
+    """Leave out the steps that the logdir already contains, so converting into it again appends.
+
+    TensorBoard's default data server (`reservoir.rs`) drops a time series'
+    records from step s on when a record of step s arrives after them, so steps
+    below the last one already written are left out too.
+    """
+    logged = logged_steps(report.logdir)
+    if not logged:
+        return plan
+    last = max(logged)
+    paths: list[str] = []
+    steps: list[int] = []
+    for path, step in zip(plan.paths, plan.steps, strict=True):
+        if step in logged:
+            report.already_logged.append((path, step))
+        elif step < last:
+            report.left_out.append(
+                f"{path}: step {step} is below step {last}, the last one already in {report.logdir}, and "
+                "TensorBoard would drop the later steps if it were written after them; left out "
+                "(convert into a new logdir to include it)"
+            )
+        else:
+            paths.append(path)
+            steps.append(step)
+    return StepPlan(paths, steps, plan.warning)
 
 
 def _outcomes(

@@ -30,10 +30,13 @@ class LoadOptions:
     `trust` allows loaders that can run code stored in the file (full pickles,
     TorchScript, NumPy object arrays); only set it for files you trust.
     `include_optimizer` keeps optimizer and scheduler state, left out by default.
+    `include_constants` keeps the small integer constants of model graphs (shapes,
+    axes, indices; ONNX), left out by default.
     """
 
     trust: bool = False
     include_optimizer: bool = False
+    include_constants: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ _FORMAT_MODULES: tuple[str, ...] = (
     "tbweights.checkpoints.numpy",
     "tbweights.checkpoints.torch",
     "tbweights.checkpoints.folder",
+    "tbweights.checkpoints.onnx",
 )
 
 
@@ -110,7 +114,40 @@ def read_head(path: Path) -> bytes:
 
 
 def detect(path: str | os.PathLike[str]) -> Format:
-    """Find the format of the checkpoint at `path`; raise a `CheckpointError` if none fits."""
+    """Find the format of the checkpoint at `path`; raise a `CheckpointError` if none fits.
+
+    A folder of several checkpoints of a training run (see `checkpoints.runs`) is
+    not one checkpoint, so the error names them. A TensorFlow folder whose `checkpoint`
+    file names the latest checkpoint still reads as that one.
+    """
+    path = Path(path)
+    if path.is_dir() and not (path / "checkpoint").is_file():
+        from tbweights.checkpoints.runs import scan_run_folder
+
+        run = scan_run_folder(path)
+        # A folder with one weight file reads as that file (the "folder" format).
+        if run is not None and (len(run.checkpoints) > 1 or run.checkpoints[0].is_dir()):
+            raise CheckpointError(
+                path,
+                f"this folder contains {run.describe()}; pass one of them, or convert the whole folder "
+                f"with `tbweights convert {path} --logdir DIR` to write each as one step",
+            )
+    try:
+        return detect_format(path)
+    except CheckpointError as error:
+        if not path.is_dir():
+            raise
+        from tbweights.checkpoints.runs import run_subfolders
+
+        runs = run_subfolders(path)
+        if not runs:
+            raise
+        names = ", ".join(os.fspath(run) for run in runs[:3])
+        raise CheckpointError(path, f"{error.reason}; training checkpoints are in {names}: pass that folder") from None
+
+
+def detect_format(path: str | os.PathLike[str]) -> Format:
+    """Find the format of the one checkpoint at `path`, without looking for a run folder."""
     path = Path(path)
     if not path.exists():
         for fmt in formats():
