@@ -21,6 +21,9 @@ The file's key/value metadata (architecture, tokenizer, quantization version)
 is not reported: it contains no weights, and `gguf-dump` from the gguf package
 prints it. Its arrays are not even parsed (see `gguf_header`).
 
+NOTE: a model split with llama.cpp's gguf-split (`*-00001-of-00003.gguf`) is
+read one file at a time, so each split yields only its own tensors.
+
 The gguf package is an optional dependency (the `gguf` extra), imported only
 when a GGUF file is read.
 """
