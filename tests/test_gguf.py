@@ -376,3 +376,18 @@ def test_real_gguf_file() -> None:
         np.testing.assert_array_equal(np.array(stats.first, expected.dtype), expected)
         seen.append(record.name)
     assert sorted(seen) == sorted(stored)
+
+
+def test_missing_gguf_package(tmp_path) -> None:
+    path = tmp_path / "model.gguf"
+    write_gguf(path, {"w": (np.ones(4, np.float32), None)})
+    script = (
+        "import sys; sys.modules['gguf'] = None\n"  # makes `import gguf` raise ImportError
+        "from tbweights.cli import main\n"
+        f"sys.exit(main(['show', {str(path)!r}]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "pip install 'tbweights[gguf]'" in result.stderr
+    assert "Traceback" not in result.stderr
