@@ -2,10 +2,10 @@
 
 `gguf.GGUFReader` maps the file and parses its header. `gguf.quants.dequantize`
 turns block-quantized tensors (Q4_0, Q8_0, the K-quants, IQ types, ...) into
-float32, one tensor at a time and in chunks of blocks. The float32 copy of the tensor
-being summarized is so the only large allocation. F32, F64 and the integer types
-are read in place, and F16 and BF16 go to the kernel as stored, which upcasts
-them chunk by chunk.
+float32, one tensor at a time and in chunks of blocks, so the only large
+allocation is the float32 copy of the tensor being summarized. F32, F64 and the
+integer types are read in place. F16 and BF16 go to the kernel as stored, and
+the kernel upcasts them chunk by chunk.
 
 GGUF lists dimensions fastest-varying first (`ne[0]` is the row length), the
 reverse of PyTorch and NumPy. Shapes are reported in PyTorch order, so a
