@@ -41,6 +41,8 @@ def step_from_path(path: str | os.PathLike[str]) -> int | None:
     if latest is not None:
         path = path / latest  # a TensorFlow folder: the step of the checkpoint it reads
     name = path.name if path.is_dir() else path.name.split(".", 1)[0]
+    if path.is_dir() and name.isdigit() and int(name) <= MAX_STEP:
+        return int(name)  # an Orbax CheckpointManager names each step's folder by the step alone
     name = _SHARD_SUFFIX.sub("", name)  # model-00001-of-00002 is a shard, not step 2
     for part in (name, path.parent.name):
         matches = list(_STEP_WORD.finditer(part))

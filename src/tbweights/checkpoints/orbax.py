@@ -1,0 +1,153 @@
+"""Orbax checkpoint folders, as written by `orbax.checkpoint` for JAX and Flax.
+
+A pytree checkpoint (`StandardCheckpointer`, `PyTreeCheckpointer`) is a folder
+with a `_METADATA` file (the tree's structure) and the array data, by default in
+an OCDBT store (`manifest.ocdbt`, `d/`). A `CheckpointManager` writes one such
+folder per item inside each step folder: `100/_CHECKPOINT_METADATA` beside
+`100/default/_METADATA`. This module reads a pytree folder or a step folder; a
+manager's root, which holds the step folders `0/`, `100/`, ..., is a run of
+several checkpoints and is rejected with the command that converts its steps.
+
+Shapes and dtypes come from Orbax's metadata without reading any array. Values
+are restored with Orbax itself, as NumPy arrays on the host, which runs no code
+from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tbweights.checkpoints import Format, LoadOptions
+from tbweights.checkpoints.flax_names import flax_role, join_path, linen_layer_type
+from tbweights.errors import CheckpointError, MissingDependencyError
+from tbweights.tensors import NamedTensor, Role
+
+TREE_METADATA = "_METADATA"
+STEP_METADATA = "_CHECKPOINT_METADATA"
+
+
+def item_folders(path: Path) -> list[tuple[str, Path]]:
+    """(item name, folder) of each pytree in an Orbax checkpoint folder; the name is '' for a lone tree."""
+    if (path / TREE_METADATA).is_file():
+        return [("", path)]
+    if not (path / STEP_METADATA).is_file():
+        return []
+    items = sorted(child for child in path.iterdir() if (child / TREE_METADATA).is_file())
+    if len(items) == 1:
+        return [("", items[0])]
+    return [(child.name, child) for child in items]
+
+
+def manager_steps(path: Path) -> list[Path]:
+    """The step folders of a `CheckpointManager` root (numeric names with `_CHECKPOINT_METADATA`)."""
+    if not path.is_dir():
+        return []
+    steps = [child for child in path.iterdir() if child.name.isdigit() and (child / STEP_METADATA).is_file()]
+    return sorted(steps, key=lambda child: int(child.name))
+
+
+def _sniff(path: Path, head: bytes) -> bool:
+    del head  # a folder has no bytes of its own
+    return path.is_dir() and (bool(item_folders(path)) or bool(manager_steps(path)))
+
+
+def _import_orbax() -> Any:
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError:
+        raise MissingDependencyError("orbax-checkpoint", "jax", "reading Orbax checkpoints") from None
+    return ocp
+
+
+def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
+    items = item_folders(path)
+    if not items:
+        steps = manager_steps(path)
+        listed = ", ".join(step.name for step in steps[:5]) + (", ..." if len(steps) > 5 else "")
+        raise CheckpointError(
+            path,
+            f"this is an Orbax CheckpointManager folder with the steps {listed}; pass the step "
+            f"folders to convert them as steps of one run: tbweights convert {path}/*/ --logdir DIR",
+        )
+    for item, folder in items:
+        yield from _item_tensors(folder, item, options)
+
+
+def _item_tensors(folder: Path, item: str, options: LoadOptions) -> Iterator[NamedTensor]:
+    ocp = _import_orbax()
+    from tbweights.frameworks.jax import jax, key_name
+
+    folder = folder.resolve()  # Orbax finds no metadata under some relative paths
+    try:
+        with _quiet_orbax():
+            metadata = ocp.PyTreeCheckpointer().metadata(folder)
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise CheckpointError(folder, f"cannot read the Orbax metadata: {error}") from None
+    tree = getattr(metadata, "item_metadata", metadata)  # a StepMetadata from orbax 0.11 on
+    tree = getattr(tree, "tree", tree)
+    if tree is None:
+        raise CheckpointError(folder, f"Orbax found no pytree metadata in {TREE_METADATA}; the file is missing or corrupt")
+    restore = functools.cache(lambda: _restore(ocp, folder, tree))
+    prefix = (item,) if item else ()
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
+        if shape is None or dtype is None:
+            continue  # strings and other non-array leaves
+        keys = tuple(key_name(key) for key in key_path)
+        parts = (*prefix, *keys)
+        role = flax_role(keys, len(shape))
+        if role is Role.OPTIMIZER and not options.include_optimizer:
+            continue
+        yield NamedTensor(
+            name=join_path(parts),
+            shape=tuple(int(d) for d in shape),
+            dtype=str(np.dtype(dtype)),
+            load=functools.partial(_leaf, restore, key_path),
+            role=role,
+            layer_type=linen_layer_type(keys),
+        )
+
+
+def _restore(ocp: Any, folder: Path, tree: Any) -> Any:
+    """Restore the whole tree as NumPy arrays.
+
+    NOTE: Orbax restores the whole pytree at once, so every tensor of the item
+    stays in memory until the reader is done, not one tensor at a time.
+    """
+    from tbweights.frameworks.jax import jax
+
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    try:
+        with _quiet_orbax():
+            return ocp.PyTreeCheckpointer().restore(folder, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise CheckpointError(folder, f"Orbax failed to restore the arrays: {error}") from None
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """Hide Orbax's absl warnings about a manager's step metadata, which a lone item folder lacks."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _leaf(restore: Any, key_path: tuple[Any, ...], /) -> np.ndarray:
+    node = restore()
+    for key in key_path:
+        node = node[getattr(key, "key", getattr(key, "idx", getattr(key, "name", None)))]
+    return np.asarray(node)
+
+
+FORMAT = Format(name="Orbax checkpoint", sniff=_sniff, read=_read)
