@@ -11,7 +11,9 @@ that copy. The pytree is only read.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -31,11 +33,16 @@ def _nnx() -> Any:
 
 def _is_variable(value: Any) -> bool:
     nnx = _nnx()
-    if nnx is None:
-        return False
-    # Flax 0.8-0.10 put `VariableState` leaves in a State; 0.11 and later put `Variable`s.
-    kinds = tuple(kind for kind in (nnx.Variable, getattr(nnx, "VariableState", None)) if kind is not None)
-    return isinstance(value, kinds)
+    return nnx is not None and isinstance(value, _variable_types(nnx))
+
+
+@functools.cache
+def _variable_types(nnx: Any) -> tuple[type, ...]:
+    """Flax 0.8-0.10 put `VariableState` leaves in a State; 0.11 and later put `Variable`s."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 0.12 keeps `VariableState` as a deprecated alias
+        state_type = getattr(nnx, "VariableState", None)
+    return tuple(kind for kind in (nnx.Variable, state_type) if isinstance(kind, type))
 
 
 def _is_nnx_node(obj: Any) -> bool:
@@ -128,7 +135,7 @@ def named_tensors(obj: Any, options: WalkOptions) -> Iterator[NamedTensor]:
         # NOTE: optimizer state of a live training state (`opt_state`) is always left out.
         if record.role is Role.OPTIMIZER:
             continue
-        array = leaf.value if _is_variable(leaf) else leaf
+        array = _variable_value(leaf) if _is_variable(leaf) else leaf
         if id(array) in seen:  # one array under two paths: log it once, with an alias
             first = records[seen[id(array)]]
             records[seen[id(array)]] = dataclasses.replace(first, aliases=(*first.aliases, record.name))
@@ -143,11 +150,17 @@ def _leaf_record(path: tuple[Any, ...], leaf: Any, owners: dict[str, str]) -> Na
     role = None
     if _is_variable(leaf):
         role = _variable_role(leaf)
-        leaf = leaf.value
+        leaf = _variable_value(leaf)
     if not isinstance(leaf, jax.Array | np.ndarray) or _is_key_array(leaf):
         return None  # Python numbers, strings and PRNG keys are no weights
     name = join_path(parts)
     return tensor_record(name, leaf, role, owners.get(join_path(parts[:-1])))
+
+
+def _variable_value(variable: Any) -> Any:
+    """The array of an nnx Variable: `get_value()` from Flax 0.12 on, where `.value` is deprecated."""
+    get_value = getattr(variable, "get_value", None)
+    return get_value() if get_value is not None else variable.value
 
 
 def _variable_role(variable: Any) -> Role | None:
