@@ -149,7 +149,7 @@ tbweights.log_weights({"w": sharded}, sys.argv[1], first=3)
 
 
 def test_sharded_array_is_gathered(logdir, read_run) -> None:
-    # Two CPU devices exist only if XLA is told so before JAX starts, hence a subprocess.
+    # XLA makes two CPU devices only when the flag is set before JAX starts, hence a subprocess.
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(logdir)], check=True, env=env)
     assert_logged(read_run(logdir), "w", np.arange(16, dtype=np.float32).reshape(4, 4))
@@ -177,7 +177,8 @@ def test_msgpack_chunked_and_nested_lists(tmp_path, monkeypatch) -> None:
     tensors = {t.name: t.load() for t in read_checkpoint(path)}
     np.testing.assert_array_equal(tensors["big"], tree["big"])
     np.testing.assert_array_equal(tensors["layers/0"], np.ones(3))
-    assert tensors["layers/1"].shape == () and tensors["layers/1"] == 2.5
+    assert tensors["layers/1"].shape == ()
+    assert tensors["layers/1"] == 2.5
 
 
 def test_train_state_optimizer_left_out(tmp_path) -> None:

@@ -9,10 +9,10 @@ complex (real, imag). Arrays above 1 GiB are split into a map
 flat pieces. Lists and tuples became maps with keys "0", "1", ...
 
 This module decodes the format with the `msgpack` package instead of
-`flax.serialization.msgpack_restore`, for two reasons: reading needs neither
-Flax nor JAX (whose import takes about a second), and an array with a bad
-dtype or size fails alone, as a skipped tensor, where Flax's reader fails the
-whole file. Dtype names are resolved against NumPy's numeric dtypes and the
+`flax.serialization.msgpack_restore`, for two reasons. Reading needs neither
+Flax nor JAX, whose import takes about a second. An array with a bad dtype or
+size fails alone, as a skipped tensor, where Flax's reader fails the whole
+file. Dtype names are resolved against NumPy's numeric dtypes and the
 `ml_dtypes` floats. Decoding runs no code from the file: msgpack builds only
 maps, lists, strings, numbers and bytes, and unknown extension codes stay
 opaque. Flax's own reader is just as safe: it also resolves dtypes by name,
@@ -85,7 +85,9 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return msgpack.ExtType(code, data)  # complex scalars and unknown codes: no tensors
     header = msgpack.unpackb(data, raw=True)
     if not isinstance(header, list | tuple) or len(header) != 3:
-        raise ValueError(f"an ndarray extension object holds {type(header).__name__}, not (shape, dtype, bytes)")
+        raise ValueError(
+            f"an ndarray extension object contains a {type(header).__name__}, expected (shape, dtype, bytes)"
+        )
     shape, dtype_name, values = header
     if not isinstance(shape, list | tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise ValueError(f"an ndarray extension object has an invalid shape {shape!r}")
@@ -102,14 +104,19 @@ def load_state_dict(path: Path) -> Any:
             size = path.stat().st_size
             mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         return msgpack.unpackb(mapped, ext_hook=_ext_hook, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError, msgpack.exceptions.StackError) as error:
+    except (
+        ValueError,
+        msgpack.exceptions.ExtraData,
+        msgpack.exceptions.FormatError,
+        msgpack.exceptions.StackError,
+    ) as error:
         raise CheckpointError(
             path, f"not a valid Flax msgpack checkpoint ({error}); the file is truncated or corrupt"
         ) from None
 
 
 def resolve_dtype(dtype_name: str) -> np.dtype | None:
-    """The NumPy dtype of a Flax dtype name (`float32`, `bfloat16`, `float8_e4m3fn`), if numeric."""
+    """Resolve a Flax dtype name (`float32`, `bfloat16`, `float8_e4m3fn`) to a numeric NumPy dtype, else None."""
     small_float = getattr(ml_dtypes, dtype_name, None)
     try:
         dtype = np.dtype(small_float) if small_float is not None else np.dtype(dtype_name)
@@ -133,10 +140,12 @@ def _leaves(tree: Any, parts: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...]
 
 
 def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
-    # LoadOptions.trust changes nothing here: the file holds data only, never code.
+    # LoadOptions.trust changes nothing here: the file contains data only, never code.
     tree = load_state_dict(path)
     if not isinstance(tree, Mapping):
-        raise CheckpointError(path, f"the file holds a msgpack {type(tree).__name__}, not a Flax state dict (a map)")
+        raise CheckpointError(
+            path, f"the file contains a msgpack {type(tree).__name__}, expected a Flax state dict (a map)"
+        )
     for parts, leaf in _leaves(tree, ()):
         record = _record(path, parts, leaf)
         if record.role is Role.OPTIMIZER and not options.include_optimizer:
@@ -154,7 +163,12 @@ def _record(path: Path, parts: tuple[str, ...], leaf: Any) -> NamedTensor:
         if dtype is None:
             raise TensorError(name, f"dtype {dtype_name!r} is not a numeric dtype tbweights can read", shape=shape)
         arrays = [_piece_values(path, name, piece, dtype) for piece in pieces]
-        flat = arrays[0] if len(arrays) == 1 else np.concatenate(arrays) if arrays else np.zeros(0, dtype)
+        if not arrays:
+            flat = np.zeros(0, dtype)
+        elif len(arrays) == 1:
+            flat = arrays[0]
+        else:
+            flat = np.concatenate(arrays)  # a split array: one copy of the whole tensor
         if flat.size != math.prod(shape):
             raise CheckpointError(path, f"tensor {name!r}: {flat.size} values do not fill shape {shape}")
         return flat.reshape(shape)
@@ -170,7 +184,7 @@ def _record(path: Path, parts: tuple[str, ...], leaf: Any) -> NamedTensor:
 
 
 def _pieces(path: Path, name: str, leaf: Any) -> tuple[list[_Array], tuple[int, ...]]:
-    """The ndarray objects that make up one tensor (one, or the chunks of a split array) and its shape."""
+    """Collect the ndarray objects of one tensor (one, or the chunks of a split array) and its shape."""
     if isinstance(leaf, _Array):
         return [leaf], leaf.shape
     try:

@@ -3,7 +3,7 @@
 A Flax parameter is named by its path in the pytree, joined with `/`:
 `params/Dense_0/kernel` in a Linen `variables` dict, `layers/0/kernel` in an
 `nnx` State. Linen names unnamed submodules after their class and a counter
-(`Dense_0`, `Conv_1`), which tells the layer type; names the user gave tell nothing.
+(`Dense_0`, `Conv_1`), so those names give the layer type. Names the user gave give none.
 Nothing here imports JAX or Flax.
 """
 

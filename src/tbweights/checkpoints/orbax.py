@@ -5,7 +5,7 @@ with a `_METADATA` file (the tree's structure) and the array data, by default in
 an OCDBT store (`manifest.ocdbt`, `d/`). A `CheckpointManager` writes one such
 folder per item inside each step folder: `100/_CHECKPOINT_METADATA` beside
 `100/default/_METADATA`. This module reads a pytree folder or a step folder; a
-manager's root, which holds the step folders `0/`, `100/`, ..., is a run of
+manager's root, which contains the step folders `0/`, `100/`, ..., is a run of
 several checkpoints and is rejected with the command that converts its steps.
 
 Shapes and dtypes come from Orbax's metadata without reading any array. Values
@@ -46,7 +46,7 @@ def item_folders(path: Path) -> list[tuple[str, Path]]:
 
 
 def manager_steps(path: Path) -> list[Path]:
-    """The step folders of a `CheckpointManager` root (numeric names with `_CHECKPOINT_METADATA`)."""
+    """List the step folders of a `CheckpointManager` root (numeric names with `_CHECKPOINT_METADATA`)."""
     if not path.is_dir():
         return []
     steps = [child for child in path.iterdir() if child.name.isdigit() and (child / STEP_METADATA).is_file()]
@@ -82,7 +82,9 @@ def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
 
 def _item_tensors(folder: Path, item: str, options: LoadOptions) -> Iterator[NamedTensor]:
     ocp = _import_orbax()
-    from tbweights.frameworks.jax import jax, key_name
+    import jax
+
+    from tbweights.frameworks.jax import key_name
 
     folder = folder.resolve()  # Orbax finds no metadata under some relative paths
     try:
@@ -93,7 +95,9 @@ def _item_tensors(folder: Path, item: str, options: LoadOptions) -> Iterator[Nam
     tree = getattr(metadata, "item_metadata", metadata)  # a StepMetadata from orbax 0.11 on
     tree = getattr(tree, "tree", tree)
     if tree is None:
-        raise CheckpointError(folder, f"Orbax found no pytree metadata in {TREE_METADATA}; the file is missing or corrupt")
+        raise CheckpointError(
+            folder, f"Orbax found no pytree metadata in {TREE_METADATA}; the file is missing or corrupt"
+        )
     restore = functools.cache(lambda: _restore(ocp, folder, tree))
     prefix = (item,) if item else ()
     for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -121,7 +125,7 @@ def _restore(ocp: Any, folder: Path, tree: Any) -> Any:
     NOTE: Orbax restores the whole pytree at once, so every tensor of the item
     stays in memory until the reader is done, not one tensor at a time.
     """
-    from tbweights.frameworks.jax import jax
+    import jax
 
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     try:

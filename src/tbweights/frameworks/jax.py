@@ -1,11 +1,11 @@
 """JAX pytrees and Flax models: Linen `variables`, `nnx` Modules and States, any pytree of arrays.
 
 Names are each leaf's key path joined with `/` (`params/Dense_0/kernel`,
-`layers/0/kernel`); list and tuple indexes become numbers. Values reach NumPy
-through `np.asarray`, one array at a time when it is loaded, which copies a
-device array to the host; bfloat16 and the float8 types arrive as `ml_dtypes`
-arrays. A `jax.Array` sharded over several local devices is gathered whole by
-that copy. The pytree is only read.
+`layers/0/kernel`), and list and tuple indexes become numbers. Each array is
+copied to the host with `np.asarray` when its tensor is loaded, one at a time.
+bfloat16 and the float8 types arrive as `ml_dtypes` arrays. A `jax.Array`
+sharded over several local devices is gathered whole by that copy. The pytree
+is only read.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tbweights.tensors import NamedTensor, Role
 
 
 def _nnx() -> Any:
-    """`flax.nnx` when the caller has imported it (Flax 0.8 and later), else None."""
+    """Return `flax.nnx` when the caller has imported it, else None."""
     return sys.modules.get("flax.nnx")
 
 
@@ -38,7 +38,7 @@ def _is_variable(value: Any) -> bool:
 
 @functools.cache
 def _variable_types(nnx: Any) -> tuple[type, ...]:
-    """Flax 0.8-0.10 put `VariableState` leaves in a State; 0.11 and later put `Variable`s."""
+    """List the nnx leaf types: `Variable`, and `VariableState`, which older Flax releases put in a State."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # 0.12 keeps `VariableState` as a deprecated alias
         state_type = getattr(nnx, "VariableState", None)
@@ -60,7 +60,7 @@ def is_tensor(value: Any) -> bool:
 
 
 def accepts_model(obj: Any) -> bool:
-    """A JAX array, an nnx Module or State, or a pytree with a JAX array among its leaves."""
+    """Accept a JAX array, an nnx Module or State, or a pytree with a JAX array among its leaves."""
     if isinstance(obj, jax.Array) or _is_nnx_node(obj) or _is_variable(obj):
         return True
     if not isinstance(obj, Mapping | list | tuple) and not dataclasses.is_dataclass(obj):
@@ -70,24 +70,24 @@ def accepts_model(obj: Any) -> bool:
 
 
 def key_name(key: Any) -> str:
-    """One key of a pytree path as text: a dict key, a list index or an attribute name."""
+    """Format one key of a pytree path: a dict key, a list index or an attribute name."""
     if isinstance(key, jax.tree_util.DictKey):
         return str(key.key)
     if isinstance(key, jax.tree_util.SequenceKey):
         return str(key.idx)
     if isinstance(key, jax.tree_util.GetAttrKey):
-        return key.name
+        return str(key.name)
     if isinstance(key, jax.tree_util.FlattenedIndexKey):
         return str(key.key)
     return str(key)
 
 
 def _dtype_name(value: Any) -> str:
-    return str(np.dtype(value.dtype)) if not _is_key_array(value) else str(value.dtype)
+    return str(value.dtype) if _is_key_array(value) else str(np.dtype(value.dtype))
 
 
 def _is_key_array(value: Any) -> bool:
-    return isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key)
+    return isinstance(value, jax.Array) and jax.numpy.issubdtype(value.dtype, jax.dtypes.prng_key)
 
 
 def _to_numpy(value: Any, name: str) -> np.ndarray:
@@ -101,13 +101,15 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
                 shape=tuple(value.shape),
             )
         if value.is_deleted():
-            raise TensorError(name, "the array was deleted (donated to a jitted function?)", shape=tuple(value.shape))
+            raise TensorError(
+                name,
+                "the array was deleted, for example donated to a jitted function; log it before the call",
+                shape=tuple(value.shape),
+            )
     return np.asarray(value)
 
 
-def tensor_record(
-    name: str, value: Any, role: Role | None = None, layer_type: str | None = None
-) -> NamedTensor:
+def tensor_record(name: str, value: Any, role: Role | None = None, layer_type: str | None = None) -> NamedTensor:
     shape = tuple(int(d) for d in value.shape)
     parts = tuple(name.split("/"))
     return NamedTensor(
@@ -158,7 +160,7 @@ def _leaf_record(path: tuple[Any, ...], leaf: Any, owners: dict[str, str]) -> Na
 
 
 def _variable_value(variable: Any) -> Any:
-    """The array of an nnx Variable: `get_value()` from Flax 0.12 on, where `.value` is deprecated."""
+    """Read an nnx Variable's array with `get_value()` where it exists, because Flax 0.12 deprecates `.value`."""
     get_value = getattr(variable, "get_value", None)
     return get_value() if get_value is not None else variable.value
 
@@ -173,7 +175,7 @@ def _variable_role(variable: Any) -> Role | None:
 
 
 def _nnx_owner_types(obj: Any) -> dict[str, str]:
-    """Path of each nnx submodule -> its Flax layer type, for the initialization check."""
+    """Map the path of each nnx submodule to its Flax layer type, for the initialization check."""
     nnx = _nnx()
     if not _is_nnx_module(obj):
         return {}
