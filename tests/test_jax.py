@@ -29,7 +29,7 @@ class LinenNet(linen.Module):
         x = linen.Conv(4, (3, 3))(x)
         x = linen.BatchNorm(use_running_average=True)(x)
         x = x.reshape((x.shape[0], -1))
-        x = linen.Dense(64)(x)
+        x = linen.Dense(80)(x)  # a 256x80 float32 kernel, above msgpack_index.MAX_DECODED_BYTES
         return linen.Dense(10, param_dtype=jnp.bfloat16)(x)
 
 
@@ -201,6 +201,10 @@ def test_corrupt_msgpack_is_a_checkpoint_error(variables, tmp_path) -> None:
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"broken\.msgpack: not a valid Flax msgpack checkpoint"):
         list(read_checkpoint(path))
+    for cut in range(1, len(data), len(data) // 50):
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError):
+            list(read_checkpoint(path))
 
 
 def test_msgpack_object_dtype_skips_one_tensor(tmp_path, logdir) -> None:

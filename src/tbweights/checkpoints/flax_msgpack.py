@@ -1,26 +1,25 @@
 """Flax msgpack checkpoints: files written by `flax.serialization.to_bytes` or `msgpack_serialize`.
 
 The file is one msgpack map, the state dict of a pytree, whose array leaves are
-msgpack extension objects. Flax (`flax/serialization.py`, 0.8 to 0.12) uses
+msgpack extension objects. Flax's `flax/serialization.py` (read in 0.12.8) uses
 three extension codes: 1 for an ndarray and 3 for a NumPy scalar, both holding
 a nested msgpack array (shape, dtype name, C-order bytes), and 2 for a Python
 complex (real, imag). Arrays above 1 GiB are split into a map
 `{"__msgpack_chunked_array__": True, "shape": {...}, "chunks": {...}}` of
 flat pieces. Lists and tuples became maps with keys "0", "1", ...
 
-This module decodes the format with the `msgpack` package instead of
-`flax.serialization.msgpack_restore`, for two reasons. Reading needs neither
-Flax nor JAX, whose import takes about a second. An array with a bad dtype or
-size fails alone, as a skipped tensor, where Flax's reader fails the whole
-file. Dtype names are resolved against NumPy's numeric dtypes and the
-`ml_dtypes` floats. Decoding runs no code from the file: msgpack builds only
-maps, lists, strings, numbers and bytes, and unknown extension codes stay
-opaque. Flax's own reader is just as safe: it also resolves dtypes by name,
-and `np.frombuffer` rejects an object dtype.
+This module does not call `flax.serialization.msgpack_restore`, for three
+reasons. Reading needs neither Flax nor JAX, whose import takes about a second.
+Flax's reader decodes the whole file into memory, while here the file is
+memory-mapped and indexed by byte offsets (`msgpack_index`), so memory stays
+near one tensor. An array with a bad dtype or size fails alone, as a skipped
+tensor, where Flax's reader fails the whole file. Dtype names are resolved
+against NumPy's numeric dtypes and the `ml_dtypes` floats.
 
-NOTE: msgpack decodes the whole file at once, so the bytes of every array are
-held in memory (about the file's size) until the reader is done, not one
-tensor at a time as with safetensors.
+Reading runs no code from the file: the index holds only maps, lists, strings,
+numbers and byte offsets, and unknown extension codes stay opaque. Flax's own
+reader is just as safe: it also resolves dtypes by name, and `np.frombuffer`
+rejects an object dtype.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ import numpy as np
 from tbweights import dtypes
 from tbweights.checkpoints import Format, LoadOptions
 from tbweights.checkpoints.flax_names import flax_role, join_path, linen_layer_type
+from tbweights.checkpoints.msgpack_index import Blob, Ext, index_document
 from tbweights.errors import CheckpointError, MissingDependencyError, TensorError
 from tbweights.tensors import NamedTensor, Role
 
@@ -56,11 +56,11 @@ _NUMERIC_KINDS = "biufc"
 
 @dataclass(frozen=True)
 class _Array:
-    """One decoded ndarray extension object: its header and the bytes of its values."""
+    """One ndarray extension object: its header and the bytes of its values (a view into the file)."""
 
     shape: tuple[int, ...]
     dtype_name: str
-    data: bytes
+    data: bytes | memoryview
 
 
 def _import_msgpack() -> Any:
@@ -79,40 +79,51 @@ def _sniff(path: Path, head: bytes) -> bool:
     return _NDARRAY_EXT.search(start) is not None
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
-    msgpack = _import_msgpack()
-    if code not in (_NDARRAY, _NPSCALAR):
-        return msgpack.ExtType(code, data)  # complex scalars and unknown codes: no tensors
-    header = msgpack.unpackb(data, raw=True)
-    if not isinstance(header, list | tuple) or len(header) != 3:
-        raise ValueError(
-            f"an ndarray extension object contains a {type(header).__name__}, expected (shape, dtype, bytes)"
-        )
-    shape, dtype_name, values = header
-    if not isinstance(shape, list | tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ValueError(f"an ndarray extension object has an invalid shape {shape!r}")
-    if not isinstance(dtype_name, bytes) or not isinstance(values, bytes):
-        raise ValueError("an ndarray extension object has a malformed dtype name or data")
-    return _Array(tuple(shape), dtype_name.decode("ascii", "replace"), values)
-
-
 def load_state_dict(path: Path) -> Any:
-    """Decode the whole file into nested maps whose array leaves are `_Array`s."""
+    """Index the file into nested dicts and lists whose array leaves are `_Array`s.
+
+    The file is memory-mapped and each array's values stay in the map, so an
+    array's pages are read from disk only when its tensor is loaded.
+    """
     msgpack = _import_msgpack()
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     try:
-        with path.open("rb") as file:
-            size = path.stat().st_size
-            mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        return msgpack.unpackb(mapped, ext_hook=_ext_hook, raw=False, strict_map_key=False)
-    except (
-        ValueError,
-        msgpack.exceptions.ExtraData,
-        msgpack.exceptions.FormatError,
-        msgpack.exceptions.StackError,
-    ) as error:
+        tree, _ = index_document(mapped, msgpack.unpackb)
+        return _arrays(mapped, tree, msgpack.unpackb)
+    except (ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError) as error:
         raise CheckpointError(
             path, f"not a valid Flax msgpack checkpoint ({error}); the file is truncated or corrupt"
         ) from None
+
+
+def _arrays(buffer: Any, tree: Any, unpackb: Any) -> Any:
+    """Replace each ndarray and NumPy scalar extension object of `tree` by an `_Array`."""
+    if isinstance(tree, Ext):
+        return _array(buffer, tree, unpackb) if tree.code in (_NDARRAY, _NPSCALAR) else tree
+    if isinstance(tree, dict):
+        return {key: _arrays(buffer, value, unpackb) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_arrays(buffer, value, unpackb) for value in tree]
+    return tree  # complex scalars (code 2), unknown codes and plain values are no tensors
+
+
+def _array(buffer: Any, ext: Ext, unpackb: Any) -> _Array:
+    """Read the (shape, dtype name, bytes) header of one ndarray extension object."""
+    header, end = index_document(buffer, unpackb, ext.offset, whole=False)
+    if end != ext.offset + ext.length:
+        raise ValueError(f"the ndarray extension object at byte {ext.offset} does not end where its length says")
+    if not isinstance(header, list) or len(header) != 3:
+        raise ValueError(f"the ndarray extension object at byte {ext.offset} is not (shape, dtype, bytes)")
+    shape, dtype_name, values = header
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ValueError(f"the ndarray extension object at byte {ext.offset} has an invalid shape {shape!r}")
+    if isinstance(values, Blob):
+        values = memoryview(buffer)[values.offset : values.offset + values.length]
+    if not isinstance(dtype_name, str) or not isinstance(values, bytes | memoryview):
+        raise ValueError(f"the ndarray extension object at byte {ext.offset} has a malformed dtype name or data")
+    return _Array(tuple(shape), dtype_name, values)
 
 
 def resolve_dtype(dtype_name: str) -> np.dtype | None:
