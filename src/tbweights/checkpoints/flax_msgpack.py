@@ -28,7 +28,7 @@ import math
 import mmap
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from tbweights import dtypes
 from tbweights.checkpoints import Format, LoadOptions
 from tbweights.checkpoints.flax_names import flax_role, join_path, linen_layer_type
 from tbweights.checkpoints.msgpack_index import Blob, Ext, index_document
+from tbweights.checkpoints.pages import PageWindow, file_mappings, watch
 from tbweights.errors import CheckpointError, MissingDependencyError, TensorError
 from tbweights.tensors import NamedTensor, Role
 
@@ -157,11 +158,17 @@ def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
         raise CheckpointError(
             path, f"the file contains a msgpack {type(tree).__name__}, expected a Flax state dict (a map)"
         )
-    for parts, leaf in _leaves(tree, ()):
-        record = _record(path, parts, leaf)
-        if record.role is Role.OPTIMIZER and not options.include_optimizer:
-            continue
-        yield record
+    records = (_record(path, parts, leaf) for parts, leaf in _leaves(tree, ()))
+    wanted = (r for r in records if r.role is not Role.OPTIMIZER or options.include_optimizer)
+    # Resident memory stays near one tensor: see `pages`. Only arrays that lie in the
+    # file's mapping are released; small arrays were decoded into copies.
+    window = PageWindow(within=file_mappings(path))
+    for record in window.stream(wanted):
+        yield replace(record, load=watch(record.load, window, _span))
+
+
+def _span(array: np.ndarray) -> tuple[int, int]:
+    return array.ctypes.data, array.nbytes
 
 
 def _record(path: Path, parts: tuple[str, ...], leaf: Any) -> NamedTensor:
