@@ -63,7 +63,10 @@ def assert_logged(run, name: str, array: np.ndarray, step: int = 0) -> None:
 
 
 def test_import_does_not_load_jax() -> None:
-    code = "import sys, tbweights, tbweights.checkpoints.flax_msgpack; print('jax' in sys.modules)"
+    code = (
+        "import sys, tbweights, tbweights.checkpoints.flax_msgpack, tbweights.checkpoints.orbax; "
+        "print('jax' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False"]
 

@@ -114,7 +114,7 @@ def _array(buffer: Any, ext: Ext, unpackb: Any) -> _Array:
     """Read the (shape, dtype name, bytes) header of one ndarray extension object."""
     header, end = index_document(buffer, unpackb, ext.offset, whole=False)
     if end != ext.offset + ext.length:
-        raise ValueError(f"the ndarray extension object at byte {ext.offset} does not end where its length says")
+        raise ValueError(f"the ndarray extension object at byte {ext.offset} has a length that does not match its content")
     if not isinstance(header, list) or len(header) != 3:
         raise ValueError(f"the ndarray extension object at byte {ext.offset} is not (shape, dtype, bytes)")
     shape, dtype_name, values = header
@@ -159,11 +159,11 @@ def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
             path, f"the file contains a msgpack {type(tree).__name__}, expected a Flax state dict (a map)"
         )
     records = (_record(path, parts, leaf) for parts, leaf in _leaves(tree, ()))
-    wanted = (r for r in records if r.role is not Role.OPTIMIZER or options.include_optimizer)
+    selected = (r for r in records if r.role is not Role.OPTIMIZER or options.include_optimizer)
     # Resident memory stays near one tensor: see `pages`. Only arrays that lie in the
     # file's mapping are released; small arrays were decoded into copies.
     window = PageWindow(within=file_mappings(path))
-    for record in window.stream(wanted):
+    for record in window.stream(selected):
         yield replace(record, load=watch(record.load, window, _span))
 
 

@@ -1,7 +1,7 @@
 """Index a msgpack document by byte offsets, so that large binary payloads are never copied.
 
 The `msgpack` package decodes whole objects and reports no offsets, so a
-reader built on it holds every array of a checkpoint in memory at once. This
+reader built on it keeps every array of a checkpoint in memory at once. This
 module walks the document's structure by hand instead, following the type
 bytes of the msgpack specification (github.com/msgpack/msgpack, spec.md). Maps
 and arrays become dicts and lists, and each extension object becomes an `Ext`

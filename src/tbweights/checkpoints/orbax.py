@@ -4,9 +4,9 @@ A pytree checkpoint (`StandardCheckpointer`, `PyTreeCheckpointer`) is a folder
 with a `_METADATA` file (the tree's structure) and the array data, by default in
 an OCDBT store (`manifest.ocdbt`, `d/`). A `CheckpointManager` writes one such
 folder per item inside each step folder: `100/_CHECKPOINT_METADATA` beside
-`100/default/_METADATA`. This module reads a pytree folder or a step folder; a
+`100/default/_METADATA`. This module reads a pytree folder or a step folder. A
 manager's root, which contains the step folders `0/`, `100/`, ..., is a run of
-several checkpoints and is rejected with the command that converts its steps.
+several checkpoints, so it is rejected with the command that converts its steps.
 
 Shapes and dtypes come from Orbax's metadata without reading any array. Values
 are restored with Orbax itself, one tensor at a time, as NumPy arrays on the
@@ -141,14 +141,14 @@ class _LeafReader:
         placeholder = getattr(ocp, "PLACEHOLDER", None)
         if placeholder is None:
             # NOTE: Orbax releases without PLACEHOLDER restore the whole tree for each tensor.
-            wanted = [ocp.RestoreArgs(restore_type=np.ndarray) for _ in self.metadata]
+            leaf_args = [ocp.RestoreArgs(restore_type=np.ndarray) for _ in self.metadata]
             items = None
         else:
-            wanted = [placeholder] * len(self.metadata)
-            wanted[index] = ocp.RestoreArgs(restore_type=np.ndarray)
+            leaf_args = [placeholder] * len(self.metadata)
+            leaf_args[index] = ocp.RestoreArgs(restore_type=np.ndarray)
             items = [placeholder] * len(self.metadata)
             items[index] = self.metadata[index]
-        restore_args = jax.tree_util.tree_unflatten(self.treedef, wanted)
+        restore_args = jax.tree_util.tree_unflatten(self.treedef, leaf_args)
         item = None if items is None else jax.tree_util.tree_unflatten(self.treedef, items)
         try:
             with _quiet_orbax():
