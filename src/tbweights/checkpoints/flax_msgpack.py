@@ -114,7 +114,9 @@ def _array(buffer: Any, ext: Ext, unpackb: Any) -> _Array:
     """Read the (shape, dtype name, bytes) header of one ndarray extension object."""
     header, end = index_document(buffer, unpackb, ext.offset, whole=False)
     if end != ext.offset + ext.length:
-        raise ValueError(f"the ndarray extension object at byte {ext.offset} has a length that does not match its content")
+        raise ValueError(
+            f"the ndarray extension object at byte {ext.offset} has a length that does not match its content"
+        )
     if not isinstance(header, list) or len(header) != 3:
         raise ValueError(f"the ndarray extension object at byte {ext.offset} is not (shape, dtype, bytes)")
     shape, dtype_name, values = header
