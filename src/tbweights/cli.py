@@ -20,9 +20,10 @@ from types import FrameType
 
 from tbweights import __version__
 from tbweights.checkpoints import LoadOptions
-from tbweights.cli_output import Output, print_init_table, print_show_table
+from tbweights.cli_output import Output, ShowFormat, print_init, print_show
 from tbweights.convert import MAX_STEP, convert, describe
 from tbweights.errors import TbweightsError
+from tbweights.show_format import table_width
 from tbweights.stats import DEFAULT_BUCKETS, DEFAULT_FIRST
 from tbweights.writer import MAX_BUCKETS
 
@@ -51,6 +52,21 @@ examples:
   tbweights convert model.safetensors --logdir runs/model
   tbweights convert run/checkpoint-*/model.safetensors --logdir runs/train
   tbweights convert last.ckpt --logdir runs/x --exclude '*.num_batches_tracked'
+"""
+
+_SHOW_EPILOG = """\
+formats:
+  table  Numbers to 4 significant digits, counts as 12.3k/4.5M, long names
+         shortened in the middle, the first values cut first to fit the width.
+  json   JSON Lines: one object per tensor with full names and numbers at
+         full precision. NaN and infinities are the strings "NaN", "Infinity"
+         and "-Infinity". A tensor that could not be read has an "error" string.
+  csv    The same fields as json, with shape and first values as JSON text.
+
+examples:
+  tbweights show model.safetensors
+  tbweights show model.safetensors --format json | jq -r 'select(.nan > 0) | .name'
+  tbweights show last.ckpt --check-init --format csv > init.csv
 """
 
 
@@ -163,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         "show",
         help="print each tensor's statistics and first values",
         description="Print one row per tensor: name, shape, dtype, statistics, first values.",
+        epilog=_SHOW_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     show.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or folder")
     show.add_argument(
@@ -171,6 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare each tensor with common initialization schemes (PyTorch and Keras defaults, "
         "Xavier, Kaiming, LeCun, orthogonal) and print the closest one and a verdict; "
         "exits 1 when a tensor's initialization is broken",
+    )
+    show.add_argument(
+        "--format",
+        type=ShowFormat,
+        choices=list(ShowFormat),
+        default=ShowFormat.TABLE,
+        metavar="{table,json,csv}",
+        help="table: aligned for reading (default); json: one JSON object per line; "
+        "csv: a header row, then one row per tensor (see 'formats' below)",
+    )
+    show.add_argument(
+        "--width",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help="fit the table to N characters per line, 0 for no limit (default: $COLUMNS, "
+        "else the terminal's width; no limit when stdout is not a terminal)",
     )
     _add_common(show)
 
@@ -241,19 +276,24 @@ def run_show(args: argparse.Namespace, out: Output) -> int:
         from tbweights.initcheck import check_checkpoint
 
         report = check_checkpoint(args.checkpoint, _load_options(args), select=selection.selects)
-        print_init_table(report, out)
+        print_init(report, out, args.format, table_width(args.width))
         if not report.findings:
             out.warn(f"no tensors found in {args.checkpoint}")
         if not report.ok:
-            out.error("some tensors have a broken initialization; see the table above")
+            where = "the table above" if args.format is ShowFormat.TABLE else "the verdict field"
+            out.error(f"some tensors have a broken initialization; see {where}")
             return EXIT_ERROR
         return 0
     rows = describe(args.checkpoint, first=args.first, load_options=_load_options(args))
-    shown = print_show_table(((t, s) for t, s in rows if selection.selects(t.name)), out)
+    selected = ((t, s) for t, s in rows if selection.selects(t.name))
+    shown = print_show(selected, out, args.format, table_width(args.width))
     if shown.rows == 0 and shown.failures == 0:
         out.warn(f"no tensors found in {args.checkpoint}")
     if shown.failures:
-        out.error(f"{shown.failures} tensor(s) skipped; see the warnings above")
+        if args.format is ShowFormat.TABLE:
+            out.error(f"{shown.failures} tensor(s) skipped; see the warnings above")
+        else:
+            out.error(f"{shown.failures} tensor(s) could not be summarized; see the error field of their rows")
         return EXIT_ERROR
     return 0
 

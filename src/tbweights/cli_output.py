@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import enum
+import io
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -11,11 +14,30 @@ from typing import Any
 from tqdm import tqdm
 
 from tbweights.initcheck import InitReport
+from tbweights.show_format import (
+    INIT_FIELDS,
+    INIT_TABLE,
+    SHOW_FIELDS,
+    SHOW_TABLE,
+    csv_cells,
+    format_shape,
+    init_record,
+    init_table_row,
+    json_line,
+    render_table,
+    show_record,
+    show_table_row,
+)
 from tbweights.stats import TensorStats
-from tbweights.summaries import fmt, fmt_first, fmt_shape
 from tbweights.tensors import NamedTensor
 
-SHOW_COLUMNS = ("name", "shape", "dtype", "mean", "std", "min", "max", "nonfinite", "first values")
+
+class ShowFormat(str, enum.Enum):
+    """Output format of `tbweights show`: an aligned table, JSON Lines, or CSV with a header row."""
+
+    TABLE = "table"
+    JSON = "json"
+    CSV = "csv"
 
 
 class Progress:
@@ -39,8 +61,8 @@ class Output:
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
 
-    def result(self, line: str) -> None:
-        print(line, file=sys.stdout)
+    def result(self, line: str, flush: bool = False) -> None:
+        print(line, file=sys.stdout, flush=flush)
 
     def warn(self, line: str) -> None:
         if not self.quiet:
@@ -63,50 +85,95 @@ class Output:
 
 @dataclass(frozen=True)
 class ShowCounts:
-    """Tensors printed and tensors skipped by `print_show_table`."""
+    """Tensors printed and tensors that failed in `print_show`."""
 
     rows: int
     failures: int
 
 
-def print_show_table(rows: Iterable[tuple[NamedTensor, TensorStats | str]], out: Output) -> ShowCounts:
-    """Print an aligned table, one row per tensor, and count what was printed and skipped."""
-    table = [list(SHOW_COLUMNS)]
+def print_show(
+    rows: Iterable[tuple[NamedTensor, TensorStats | str]],
+    out: Output,
+    output_format: ShowFormat = ShowFormat.TABLE,
+    width: int | None = None,
+) -> ShowCounts:
+    """Print one row per tensor and count what was printed and what failed.
+
+    A tensor that could not be summarized gets a warning on stderr. The table
+    leaves it out, and JSON Lines and CSV give it a row with the reason in `error`. The
+    table is printed at the end, to align it, and fitted to `width` (None: no limit);
+    JSON Lines and CSV rows are printed as each tensor is summarized.
+    """
+    table: list[list[str]] = []
+    emit = _RecordPrinter(out, output_format, SHOW_FIELDS)
     failures = 0
     for tensor, stats in rows:
         if isinstance(stats, str):
             failures += 1
             out.warn(
-                f"skipped tensor {tensor.name!r} ({tensor.dtype}, shape {fmt_shape(tensor.shape)}): {stats}"
+                f"could not summarize tensor {tensor.name!r} ({tensor.dtype}, "
+                f"shape {format_shape(tensor.shape)}): {stats}"
             )
-            continue
-        table.append(
-            [
-                tensor.name,
-                fmt_shape(tensor.shape),
-                tensor.dtype,
-                fmt(stats.mean),
-                fmt(stats.std),
-                fmt(stats.min),
-                fmt(stats.max),
-                str(stats.nonfinite),
-                fmt_first(stats.first),
-            ]
-        )
-    widths = [max(len(row[i]) for row in table) for i in range(len(SHOW_COLUMNS) - 1)]
-    for row in table:
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]
-        out.result("  ".join(cells).rstrip())
-    return ShowCounts(rows=len(table) - 1, failures=failures)
+        if output_format is ShowFormat.TABLE:
+            if not isinstance(stats, str):
+                table.append(show_table_row(tensor, stats))
+        else:
+            emit(show_record(tensor, stats))
+    emit.finish()
+    if output_format is ShowFormat.TABLE:
+        for line in render_table(SHOW_TABLE, table, width):
+            out.result(line)
+        return ShowCounts(rows=len(table), failures=failures)
+    return ShowCounts(rows=emit.count - failures, failures=failures)
 
 
-def print_init_table(report: InitReport, out: Output) -> None:
-    """Print the initialization check as an aligned table, then one line of verdict counts."""
-    table = report.table()
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
-    for row in table:
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]
-        out.result("  ".join(cells).rstrip())
+def print_init(
+    report: InitReport,
+    out: Output,
+    output_format: ShowFormat = ShowFormat.TABLE,
+    width: int | None = None,
+) -> None:
+    """Print the initialization check: a table and a line of verdict counts, or one record per tensor."""
+    if output_format is not ShowFormat.TABLE:
+        emit = _RecordPrinter(out, output_format, INIT_FIELDS)
+        for finding in report.findings:
+            emit(init_record(finding))
+        emit.finish()
+        return
+    for line in render_table(INIT_TABLE, [init_table_row(f) for f in report.findings], width):
+        out.result(line)
     inferred = any(f.layer_inferred for f in report.findings)
     note = "; layers inferred from names and shapes" if inferred else ""
     out.result(f"init check: {report.summary_line()}{note}")
+
+
+class _RecordPrinter:
+    """Print dict records as JSON Lines, or as CSV rows under a header row printed before the first."""
+
+    def __init__(self, out: Output, output_format: ShowFormat, fields: tuple[str, ...]) -> None:
+        self._out = out
+        self._format = output_format
+        self._fields = fields
+        self.count = 0
+
+    def __call__(self, record: dict[str, object]) -> None:
+        # Flushed per record, so a reader such as `jq` sees each tensor once it is summarized.
+        if self._format is ShowFormat.JSON:
+            self._out.result(json_line(record), flush=True)
+        else:
+            if self.count == 0:
+                self._out.result(_csv_line(list(self._fields)))
+            self._out.result(_csv_line(csv_cells(record)), flush=True)
+        self.count += 1
+
+    def finish(self) -> None:
+        """Print the CSV header when no record came, so an empty result is still valid CSV."""
+        if self._format is ShowFormat.CSV and self.count == 0:
+            self._out.result(_csv_line(list(self._fields)))
+
+
+def _csv_line(cells: list[str]) -> str:
+    """Format one CSV record without its line end. `csv` quotes a field that contains a line break."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(cells)
+    return buffer.getvalue()[:-1]

@@ -99,6 +99,8 @@ class InitFinding:
     measured_bounds: tuple[float, float] | None
     verdict: Verdict
     reason: str
+    # Why the tensor could not be read; None when it was checked.
+    error: str | None = None
 
 
 @dataclass
@@ -459,6 +461,7 @@ def _unreadable(tensor: NamedTensor, reason: str) -> InitFinding:
         measured_bounds=None,
         verdict=Verdict.UNCHECKED,
         reason=f"not readable: {reason}",
+        error=reason,
     )
 
 
