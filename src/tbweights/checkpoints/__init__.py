@@ -57,11 +57,13 @@ class Format:
 _FORMAT_MODULES: tuple[str, ...] = (
     "tbweights.checkpoints.sharded",
     "tbweights.checkpoints.dcp",
+    "tbweights.checkpoints.orbax",
     "tbweights.checkpoints.safetensors",
     "tbweights.checkpoints.keras_archive",
     "tbweights.checkpoints.keras_weights",
     "tbweights.checkpoints.keras_legacy",
     "tbweights.checkpoints.tensorflow",
+    "tbweights.checkpoints.flax_msgpack",
     "tbweights.checkpoints.numpy",
     "tbweights.checkpoints.torch",
     "tbweights.checkpoints.folder",
