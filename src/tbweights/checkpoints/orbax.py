@@ -6,7 +6,8 @@ an OCDBT store (`manifest.ocdbt`, `d/`). A `CheckpointManager` writes one such
 folder per item inside each step folder: `100/_CHECKPOINT_METADATA` beside
 `100/default/_METADATA`. This module reads a pytree folder or a step folder. A
 manager's root, which contains the step folders `0/`, `100/`, ..., is a run of
-several checkpoints, so it is rejected with the command that converts its steps.
+several checkpoints: `tbweights convert` reads it as a run folder, one step per
+step folder, and reading it as one checkpoint raises an error that says so.
 
 Shapes and dtypes come from Orbax's metadata without reading any array. Values
 are restored with Orbax itself, one tensor at a time, as NumPy arrays on the
@@ -73,8 +74,8 @@ def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
         listed = ", ".join(step.name for step in steps[:5]) + (", ..." if len(steps) > 5 else "")
         raise CheckpointError(
             path,
-            f"this is an Orbax CheckpointManager folder with the steps {listed}; pass the step "
-            f"folders to convert them as steps of one run: tbweights convert {path}/*/ --logdir DIR",
+            f"this is an Orbax CheckpointManager folder with the steps {listed}; pass one step "
+            f"folder, or convert all steps as one run: tbweights convert {path} --logdir DIR",
         )
     for item, folder in items:
         yield from _item_tensors(folder, item, options)
