@@ -59,6 +59,7 @@ _FORMAT_MODULES: tuple[str, ...] = (
     "tbweights.checkpoints.dcp",
     "tbweights.checkpoints.orbax",
     "tbweights.checkpoints.safetensors",
+    "tbweights.checkpoints.gguf",
     "tbweights.checkpoints.keras_archive",
     "tbweights.checkpoints.keras_weights",
     "tbweights.checkpoints.keras_legacy",
