@@ -19,6 +19,7 @@ gguf = pytest.importorskip("gguf", reason="the gguf extra is not installed")
 from gguf import GGMLQuantizationType as QType
 from gguf.quants import dequantize, quantize
 
+from markdown_tables import code_text
 from tbweights.checkpoints import detect, read_checkpoint
 from tbweights.checkpoints.gguf import PLAIN_TYPES, model_order
 from tbweights.convert import convert
@@ -165,8 +166,8 @@ def test_undequantizable_type_skips_one_tensor(tmp_path, read_run) -> None:
     assert f"stored as {qtype.name}" in reason
     assert "cannot dequantize" in reason
     assert "pip install -U gguf" in reason
-    overview = read_run(tmp_path / "run").value("tbweights/overview", 0)
-    assert "skipped: stored as" in overview[-1][-1].decode()
+    overview = read_run(tmp_path / "run").text("tbweights/overview", 0)
+    assert "\n- `odd.weight`: stored as" in overview
 
 
 def test_integer_and_float64_types(tmp_path) -> None:
@@ -255,8 +256,7 @@ def test_convert_in_model_order(tmp_path, read_run) -> None:
     assert not report.failed
     assert [r.tensor.name for r in report.steps[0][1].results] == expected_model_order()
     run = read_run(tmp_path / "run")
-    overview = run.value("tbweights/overview", 0)
-    names = [row[0].decode().strip("`") for row in overview[1:]]
+    names = [code_text(row["name"]) for row in run.table("tbweights/overview", 0)]
     assert names == expected_model_order()
 
     stored = tensors["blk.10.attn_q.weight"][0]
