@@ -27,10 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import browser_support as support  # noqa: E402
 
 WIDTH, HEIGHT = 1400, 900
-# A text table that does not fit its card is squeezed, and TensorBoard's CSS then breaks
-# words, numbers included, anywhere. Wider pages keep the cells whole in the text pictures.
-OVERVIEW_WIDTH = 1800
-INIT_CHECK_WIDTH = 2200
 # More steps than the tests log, so the charts show a course rather than four points.
 STEPS = tuple(range(0, 201, 10))
 # Charts animate into place after their data arrives (an estimate from watching them).
@@ -41,12 +37,19 @@ FIND_LOADER_JS = support.DEEP_ALL + "return deepAll(arguments[0]).find(loader =>
 # A text card scrolls its steps in a box 500 px high, so the pictures lift that limit
 # to show the whole table of the latest step, which comes first.
 UNCLIP_CARD_JS = "arguments[0].shadowRoot.querySelector('#steps-container').style.maxHeight = 'none';"
-# The right and bottom edge of the card's first table (the latest step), relative to the card.
+# The right and bottom edge of the card's first step (the latest), relative to the card:
+# its table and the notes or lists under it.
 TABLE_EDGES_JS = """
 const card = arguments[0].getBoundingClientRect();
-const table = arguments[0].shadowRoot.querySelector('tf-markdown-view').shadowRoot.querySelector('table');
-const edges = table.getBoundingClientRect();
-return [edges.right - card.left, edges.bottom - card.top];
+const view = arguments[0].shadowRoot.querySelector('tf-markdown-view').shadowRoot;
+// A paragraph's box spans the card, so the extent of its text counts instead.
+const rects = [...view.querySelectorAll('table, p, li')].map(el => {
+  if (el.tagName === 'TABLE') return el.getBoundingClientRect();
+  const range = document.createRange();
+  range.selectNodeContents(el);
+  return range.getBoundingClientRect();
+});
+return [Math.max(...rects.map(r => r.right)) - card.left, Math.max(...rects.map(r => r.bottom)) - card.top];
 """
 
 
@@ -127,13 +130,13 @@ def text(driver: Any, base_url: str, out: Path) -> None:
     from PIL import Image
 
     pictures = (
-        ("text-overview", support.OVERVIEW_TAG, OVERVIEW_WIDTH),
-        ("text-init-check", support.INIT_CHECK_TAG, INIT_CHECK_WIDTH),
-        ("text-stats", support.NAN_TAG + "/stats", WIDTH),
+        ("text-overview", support.OVERVIEW_TAG),
+        ("text-init-check", support.INIT_CHECK_TAG),
+        ("text-stats", support.NAN_TAG + "/stats"),
     )
     try:
-        for name, tag, width in pictures:
-            set_viewport(driver, width, 2 * HEIGHT)
+        for name, tag in pictures:
+            set_viewport(driver, WIDTH, 2 * HEIGHT)
             open_filtered(driver, base_url, "text", "^" + tag + "$")
             support.wait_for(driver, support.text_tables((tag,), 1), f"the text of {tag}")
             card = driver.execute_script(FIND_LOADER_JS, "tf-text-loader", tag)

@@ -10,6 +10,8 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
+from markdown_tables import table_records
+
 
 class RunReader:
     """Every tensor summary of one run, as TensorBoard's EventAccumulator loads it."""
@@ -39,6 +41,10 @@ class RunReader:
     def text(self, tag: str, step: int = 0) -> str:
         value = self.value(tag, step)
         return value.item().decode("utf-8") if value.ndim == 0 else str(value)
+
+    def table(self, tag: str, step: int = 0) -> list[dict[str, str]]:
+        """The rows of the Markdown table in a text summary, as {column: cell} dicts."""
+        return table_records(self.text(tag, step))
 
 
 @pytest.fixture

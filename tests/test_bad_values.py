@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from markdown_tables import code_text
 from tbweights import log_weights
 
 NAN, INF = math.nan, math.inf
@@ -117,6 +118,5 @@ def test_float64_limits_std(run) -> None:
 
 def test_overview_lists_every_tensor(run) -> None:
     _, reader = run
-    table = reader.value("tbweights/overview")
-    names = {cell.decode().strip("`") for cell in table[1:, 0]}
+    names = {code_text(row["name"]) for row in reader.table("tbweights/overview")}
     assert names == set(CASES)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import browser_support as support
-from tbweights.initcheck import REPORT_COLUMNS
+from tbweights.initcheck import MARKDOWN_COLUMNS
 from tbweights.summaries import OVERVIEW_COLUMNS
 
 pytestmark = pytest.mark.browser
@@ -134,6 +134,8 @@ def test_text_overview_is_a_table(page: Any, base_url: str) -> None:
         assert set(rows) == set(support.TENSOR_NAMES)
         assert rows[support.NAN_TENSOR]["non-finite"] == "1"
         assert rows["fc1.bias"]["shape"] == "(32,)"
+    # In a 1400-pixel window the table fits its card, so no word or number is split.
+    assert support.broken_words(page, tag)[1] == []
 
 
 def test_text_init_check_is_a_table(page: Any, base_url: str) -> None:
@@ -142,11 +144,16 @@ def test_text_init_check_is_a_table(page: Any, base_url: str) -> None:
     tables = support.wait_for(page, support.text_tables((tag,), 1), "the init check table")
     assert len(tables[tag]) == 1  # written at the first logged step only
     table = tables[tag][0]
-    assert table[0] == list(REPORT_COLUMNS)
-    rows = {row[0]: dict(zip(REPORT_COLUMNS, row, strict=True)) for row in table[1:]}
+    assert table[0] == list(MARKDOWN_COLUMNS)
+    rows = {row[0]: dict(zip(MARKDOWN_COLUMNS, row, strict=True)) for row in table[1:]}
     assert set(rows) == set(support.TENSOR_NAMES)
     assert rows[support.NAN_TENSOR]["verdict"] == "broken"
     assert rows["fc1.weight"]["verdict"] == "consistent"
+    assert rows["fc1.weight"]["layer"] == "dense*"
+    # The reasons follow the table as a list.
+    [loader] = [loader for loader in support.loaders(page, "tf-text-loader") if loader.tag == tag]
+    assert f"{support.NAN_TENSOR} (broken): 1 NaN, 0 +Inf, 0 -Inf values" in " ".join(loader.text.split())
+    assert support.broken_words(page, tag)[1] == []
 
 
 def test_default_sample_sizes_show_every_step(driver: Any, tmp_path: Path) -> None:

@@ -51,7 +51,9 @@ def _assert_same_stats(name: str, expected: Any, actual: Any) -> None:
     assert got_shape == want_shape, name
     assert got_dtype == want_dtype, name
     np.testing.assert_array_equal(got.histogram, want.histogram, err_msg=name)
-    np.testing.assert_array_equal(np.array(got.first, dtype=np.float64), np.array(want.first, dtype=np.float64), err_msg=name)
+    np.testing.assert_array_equal(
+        np.array(got.first, dtype=np.float64), np.array(want.first, dtype=np.float64), err_msg=name
+    )
     assert [type(v) for v in got.first] == [type(v) for v in want.first], name
     for field in ("count", "nan", "posinf", "neginf", "zeros", "min", "max"):
         assert getattr(got, field) == getattr(want, field), f"{name}.{field}"
@@ -131,7 +133,8 @@ def test_torchrun_example_logs_each_step(tmp_path: Path, read_run: Any) -> None:
     for tag in histogram_tags:
         assert run.steps(tag) == [0, 1, 2], tag
     for name, param in initial.items():
-        np.testing.assert_array_equal(run.value(clean_tag(name), 0), compute_stats(param.detach()).histogram, err_msg=name)
+        expected = compute_stats(param.detach()).histogram
+        np.testing.assert_array_equal(run.value(clean_tag(name), 0), expected, err_msg=name)
 
 
 def test_writer_requires_process_group() -> None:

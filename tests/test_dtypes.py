@@ -134,10 +134,15 @@ def test_meta_and_lazy_parameters_reported(tmp_path) -> None:
     assert [r.tensor.name for r in report.results] == ["2.weight", "2.bias"]
 
     from conftest import RunReader
+    from markdown_tables import code_text
 
-    table = RunReader(tmp_path).value("tbweights/overview")
-    overview = {row[0].decode().strip("`"): row[-1].decode() for row in table[1:]}
-    assert overview["1.bias"].startswith("skipped: is on the meta device")
+    reader = RunReader(tmp_path)
+    summarized = [code_text(row["name"]) for row in reader.table("tbweights/overview")]
+    assert summarized == ["2.weight", "2.bias"]
+    # The reasons follow the table as a list, one item per skipped tensor.
+    text = reader.text("tbweights/overview")
+    assert "\n\nSkipped:\n\n- `0.weight`: " in text
+    assert "- `1.bias`: is on the meta device" in text
 
 
 def test_frozen_parameters_included(tmp_path) -> None:

@@ -11,8 +11,18 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from markdown_tables import code_text, parse_table
 from tbweights import WeightWriter
-from tbweights.initcheck import Verdict, check_checkpoint, check_init, check_tensors
+from tbweights.initcheck import (
+    MARKDOWN_COLUMNS,
+    InitFinding,
+    InitReport,
+    Verdict,
+    check_checkpoint,
+    check_init,
+    check_tensors,
+    init_check_markdown,
+)
 from tbweights.initschemes import Layout, fans
 from tbweights.stats import compute_stats
 from tbweights.tensors import NamedTensor, guess_role
@@ -252,11 +262,14 @@ def test_writer_writes_report_at_first_step(logdir, read_run) -> None:
     run = read_run(logdir)
     assert run.plugin("tbweights/init_check") == "text"
     assert run.steps("tbweights/init_check") == [0]
-    table = run.value("tbweights/init_check", 0)
-    assert table.shape == (3, 11)
-    assert table[0, 0].decode() == "**name**"
-    assert [row[0].decode() for row in table[1:]] == ["weight", "bias"]
-    assert table[1, 9].decode() == "consistent"
+    text = run.text("tbweights/init_check", 0)
+    header, *_ = parse_table(text)
+    assert header == list(MARKDOWN_COLUMNS)
+    rows = run.table("tbweights/init_check", 0)
+    assert [code_text(row["name"]) for row in rows] == ["weight", "bias"]
+    assert rows[0]["layer"] == "Linear"
+    assert rows[0]["verdict"] == "consistent"
+    assert rows[0]["expected std"] == f"{first.init_check['weight'].expected_std:.6g}"
 
 
 def keras_tensors(keras, layer, input_shape, use_layer_type):
@@ -389,3 +402,30 @@ def test_conv_default_beats_xavier_by_bounds() -> None:
         finding = check_init(nn.Sequential(nn.Conv2d(3, 16, 3)))["0.weight"]
         picked.append(finding.scheme)
     assert picked.count("PyTorch default U(±1/sqrt(fan_in))") >= 8
+
+
+def test_markdown_keeps_odd_names_and_reasons() -> None:
+    def finding(name: str, verdict: Verdict, reason: str, inferred: bool) -> InitFinding:
+        layer = "dense (inferred: 2-D weight; torch layout)" if inferred else "torch.nn.Linear"
+        return InitFinding(
+            name=name, shape=(2, 3), layer=layer, layer_inferred=inferred, fan_in=3, fan_out=2,
+            scheme="PyTorch default U(±1/sqrt(fan_in))", default_scheme=None, expected_std=0.3,
+            expected_bounds=None, measured_std=0.25, measured_bounds=(-0.5, 0.5), verdict=verdict, reason=reason,
+        )  # fmt: skip
+
+    report = InitReport(
+        [
+            finding("head.odd|name<b>", Verdict.SUSPICIOUS, "a | b\nc", inferred=True),
+            finding("`tick`", Verdict.CONSISTENT, "", inferred=False),
+        ]
+    )
+    text = init_check_markdown(report)
+    header, *rows = parse_table(text)
+    assert header == list(MARKDOWN_COLUMNS)
+    assert [code_text(row[0]) for row in rows] == ["head.odd|name<b>", "`tick`"]
+    assert [row[1] for row in rows] == ["dense\\*", "Linear"]
+    assert rows[0][5] == "suspicious"
+    notes = text.split("\n\n")[1:]
+    assert notes[0] == "\\* layer inferred from the tensor's name and shape"
+    # The reason stays on one line, its `|` escaped, and only findings with a reason get one.
+    assert notes[1] == "- `head.odd|name<b>` (suspicious): a \\| b\\nc"

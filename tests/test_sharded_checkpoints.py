@@ -144,7 +144,9 @@ def _save_pretrained_like(directory: Path, weights: dict[str, Any], kind: str) -
     names = list(weights)
     halves = [names[: len(names) // 2], names[len(names) // 2 :]]
     suffix, index_name = (
-        ("safetensors", "model.safetensors.index.json") if kind == "safetensors" else ("bin", "pytorch_model.bin.index.json")
+        ("safetensors", "model.safetensors.index.json")
+        if kind == "safetensors"
+        else ("bin", "pytorch_model.bin.index.json")
     )
     prefix = "model" if kind == "safetensors" else "pytorch_model"
     weight_map = {}

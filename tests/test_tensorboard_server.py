@@ -97,4 +97,5 @@ def test_server_serves_histogram_and_text(server) -> None:
 
     overview = get_json(port, "/data/plugin/text/text", run="mlp", tag="tbweights/overview")
     assert "<table>" in overview[0]["text"]
+    assert "<thead>" in overview[0]["text"]  # a Markdown table, not a 2-D string tensor
     assert "fc1.weight" in overview[0]["text"]

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow", reason="TensorFlow is needed to write checkpoints (pip install 'tbweights[tensorflow]')")
+tf = pytest.importorskip(
+    "tensorflow", reason="TensorFlow is needed to write checkpoints (pip install 'tbweights[tensorflow]')"
+)
 keras = pytest.importorskip("keras", reason="Keras 3 builds the test models (pip install 'tbweights[tensorflow]')")
 
 from tbweights import CheckpointError, tags  # noqa: E402

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow", reason="TensorFlow is the reference for histogram parity (pip install 'tbweights[tensorflow]')")
+tf = pytest.importorskip(
+    "tensorflow", reason="TensorFlow is the reference for histogram parity (pip install 'tbweights[tensorflow]')"
+)
 
 from conftest import RunReader  # noqa: E402
 from tbweights import tags  # noqa: E402

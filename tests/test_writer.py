@@ -12,7 +12,9 @@ from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.util import tensor_util
 
 import tbweights
+from markdown_tables import code_text, parse_table
 from tbweights import WeightWriter, log_weights
+from tbweights.summaries import OVERVIEW_COLUMNS, overview_markdown
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 
@@ -72,12 +74,34 @@ def test_text_keeps_name_stats_and_first_values(logdir, read_run) -> None:
 
 def test_overview_table_has_a_row_per_tensor(logdir, read_run) -> None:
     log_weights(mlp(), logdir)
-    table = read_run(logdir).value("tbweights/overview")
-    assert table.shape == (1 + 6, 10)
-    assert table[0, 0] == b"**name**"
-    assert table[0, 8] == b"**non-finite**"
-    names = [row[0].decode() for row in table[1:]]
-    assert names == ["`0.weight`", "`0.bias`", "`2.weight`", "`2.bias`", "`3.weight`", "`3.bias`"]
+    text = read_run(logdir).text("tbweights/overview")
+    header, *rows = parse_table(text)
+    assert header == list(OVERVIEW_COLUMNS)
+    assert all(len(row) == len(header) for row in rows)
+    names = [code_text(row[0]) for row in rows]
+    assert names == ["0.weight", "0.bias", "2.weight", "2.bias", "3.weight", "3.bias"]
+    assert "Skipped" not in text
+
+
+def test_overview_row_matches_statistics(logdir, read_run) -> None:
+    model = mlp()
+    report = log_weights(model, logdir)
+    rows = {code_text(row["name"]): row for row in read_run(logdir).table("tbweights/overview")}
+    stats = next(r.stats for r in report.results if r.tensor.name == "2.weight")
+    assert rows["2.weight"]["shape"] == "(10, 128)"
+    assert rows["2.weight"]["dtype"] == "float32"
+    assert rows["2.weight"]["mean"] == f"{stats.mean:.6g}"
+    assert rows["2.weight"]["max"] == f"{stats.max:.6g}"
+    assert rows["2.weight"]["non-finite"] == "0"
+
+
+def test_overview_lists_skipped_under_table() -> None:
+    rows = [["`a|b`", "(2,)", "float32", "0", "1", "-1", "1", "0"]]
+    text = overview_markdown(rows, [("odd|name`", "not readable: a | b\nc")])
+    header, *parsed = parse_table(text)
+    assert header == list(OVERVIEW_COLUMNS)
+    assert [code_text(row[0]) for row in parsed] == ["a|b"]
+    assert text.endswith("\n\nSkipped:\n\n- `` odd|name` ``: not readable: a \\| b\\nc")
 
 
 def test_model_left_as_found() -> None:

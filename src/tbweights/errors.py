@@ -58,8 +58,8 @@ class UnsupportedModelError(TbweightsError):
         self.type_name = f"{type(obj).__module__}.{type(obj).__qualname__}"
         message = (
             f"cannot read weights from an object of type {self.type_name}; pass a "
-            "torch nn.Module or state dict, a Keras model, a tf.Module, a NumPy "
-            "array or a dict of arrays"
+            "torch nn.Module or state dict, a Keras model, a tf.Module, a JAX "
+            "pytree or Flax model, a NumPy array or a dict of arrays"
         )
         if hint:
             message += f" ({hint})"

@@ -51,7 +51,7 @@ from tbweights.initschemes import (
     torch_default,
 )
 from tbweights.stats import TensorStats, as_numpy, compute_stats
-from tbweights.summaries import fmt, fmt_shape
+from tbweights.summaries import code_span, escape_markdown, fmt, fmt_shape, markdown_table
 from tbweights.tensors import NamedTensor, Role
 
 if TYPE_CHECKING:
@@ -171,6 +171,45 @@ def finding_row(finding: InitFinding) -> list[str]:
 
 def _fmt_bounds(bounds: tuple[float, float] | None, missing: str) -> str:
     return missing if bounds is None else f"{fmt(bounds[0])}, {fmt(bounds[1])}"
+
+
+# The columns of the TensorBoard table (`init_check_markdown`). Shape, fans and bounds are
+# left to `InitFinding` and `tbweights show --check-init`, and the reasons go in a list under
+# the table. A wider table would not fit a text card in a 1280-pixel window, and TensorBoard
+# would then split its words.
+MARKDOWN_COLUMNS = ("name", "layer", "closest scheme", "expected std", "measured std", "verdict")
+
+
+def init_check_markdown(report: InitReport) -> str:
+    """Render the check for TensorBoard's text dashboard: a Markdown table, then the reasons."""
+    rows = [
+        [
+            code_span(f.name),
+            _layer_cell(f),
+            escape_markdown(f.scheme or ""),
+            fmt(f.expected_std),
+            fmt(f.measured_std),
+            f.verdict.value,
+        ]
+        for f in report.findings
+    ]
+    text = markdown_table(MARKDOWN_COLUMNS, rows)
+    if any(f.layer_inferred for f in report.findings):
+        text += "\n\n\\* layer inferred from the tensor's name and shape"
+    reasons = [
+        f"- {code_span(f.name)} ({f.verdict.value}): {escape_markdown(f.reason)}" for f in report.findings if f.reason
+    ]
+    if reasons:
+        text += "\n\n" + "\n".join(reasons)
+    return text
+
+
+def _layer_cell(finding: InitFinding) -> str:
+    """Shorten the layer to its class name (`Linear`) or, when inferred, its kind and a star (`dense*`)."""
+    if finding.layer_inferred:
+        # An inferred label reads `dense (inferred: 2-D weight; torch layout)` (`describe_layer`).
+        return escape_markdown(finding.layer.partition(" (")[0]) + "\\*"
+    return escape_markdown(finding.layer.rpartition(".")[2])
 
 
 def check_tensor(

@@ -8,6 +8,8 @@ Fans follow each framework's own rule, because the two store kernels differently
 - Keras (`keras.initializers` `compute_fans`) stores a dense kernel as (in, out)
   and a conv kernel as HWIO: fan_in = shape[-2] * receptive field,
   fan_out = shape[-1] * receptive field, receptive field = prod(shape[:-2]).
+  Flax (`jax.nn.initializers.variance_scaling`, default axes) stores kernels the
+  same way and computes the same fans, so Flax tensors use the Keras layout.
 
 Every scheme here is described by the distribution of the values it draws: its
 mean, its standard deviation and, for uniform and truncated normal draws, the
@@ -140,6 +142,12 @@ _KERAS_KINDS: dict[str, LayerKind] = {
     ),
     **dict.fromkeys(["SimpleRNN", "LSTM", "GRU", "SimpleRNNCell", "LSTMCell", "GRUCell"], LayerKind.RECURRENT),
 }
+_FLAX_KINDS: dict[str, LayerKind] = {
+    **dict.fromkeys(["Dense", "DenseGeneral", "Linear", "LinearGeneral", "Einsum"], LayerKind.DENSE),
+    **dict.fromkeys(["Conv", "ConvTranspose", "ConvLocal"], LayerKind.CONV),
+    "Embed": LayerKind.EMBEDDING,
+    **dict.fromkeys(["LayerNorm", "BatchNorm", "GroupNorm", "RMSNorm"], LayerKind.NORM),
+}
 _KERAS_LEAVES = frozenset(
     {
         "kernel",
@@ -198,6 +206,8 @@ def describe_layer(tensor: NamedTensor, shapes: Mapping[str, tuple[int, ...]]) -
             return Layer(_TORCH_KINDS[class_name], Layout.TORCH, "torch", tensor.layer_type, False)
         if tensor.layer_type.startswith(("keras.", "tf_keras.", "tensorflow.")) and class_name in _KERAS_KINDS:
             return Layer(_KERAS_KINDS[class_name], Layout.KERAS, "keras", tensor.layer_type, False)
+        if tensor.layer_type.startswith("flax.") and class_name in _FLAX_KINDS:
+            return Layer(_FLAX_KINDS[class_name], Layout.KERAS, "flax", tensor.layer_type, False)
     keras_names = leaf in _KERAS_LEAVES or ":" in tensor.name or "/" in tensor.name
     layout = Layout.KERAS if keras_names else Layout.TORCH
     owner = f" in {tensor.layer_type}" if tensor.layer_type else ""
@@ -320,6 +330,8 @@ def framework_default(layer: Layer, tensor: NamedTensor, shapes: Mapping[str, tu
     bias = tensor.role is Role.BIAS or leaf_name(tensor.name).endswith("bias")
     if layer.kind is LayerKind.NORM:
         return constant_scheme(0.0 if bias or leaf_name(tensor.name) == "beta" else 1.0)
+    if layer.framework == "flax":
+        return _flax_default(layer, tensor, bias)
     if layer.framework == "keras" or (layer.inferred and layer.layout is Layout.KERAS):
         return _keras_default(layer, tensor, bias)
     if layer.kind in (LayerKind.DENSE, LayerKind.CONV):
@@ -350,4 +362,18 @@ def _keras_default(layer: Layer, tensor: NamedTensor, bias: bool) -> Scheme | No
         return orthogonal_scheme(tensor.shape, Layout.KERAS, 1.0)
     if len(tensor.shape) >= 2 and layer.kind in (LayerKind.DENSE, LayerKind.CONV, LayerKind.RECURRENT):
         return random_schemes(tensor.shape, Layout.KERAS)[1]
+    return None
+
+
+def _flax_default(layer: Layer, tensor: NamedTensor, bias: bool) -> Scheme | None:
+    """Flax's defaults: `lecun_normal` kernels (truncated like Keras's), zero biases, and
+    embeddings from normal(0, 1/sqrt(features)) (`variance_scaling(1, fan_in, normal, out_axis=0)`)."""
+    if bias:
+        return constant_scheme(0.0)
+    if layer.kind is LayerKind.EMBEDDING and len(tensor.shape) == 2 and tensor.shape[-1] > 0:
+        return _normal("Flax Embed default normal(0, 1/sqrt(features))", 1.0 / math.sqrt(tensor.shape[-1]))
+    if len(tensor.shape) >= 2 and layer.kind in (LayerKind.DENSE, LayerKind.CONV):
+        fan_in = fans(tensor.shape, Layout.KERAS)[0]
+        if fan_in > 0:
+            return _truncated("lecun_normal (Flax default, truncated)", math.sqrt(1.0 / fan_in), "fan_in")
     return None

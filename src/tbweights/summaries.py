@@ -7,7 +7,7 @@ its `tensor_util`, so the protos are exactly what TensorBoard's readers expect.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from tensorboard.compat.proto import summary_pb2
@@ -24,9 +24,9 @@ _TEXT_METADATA = text_metadata.create_summary_metadata(display_name=None, descri
 _SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name=None, description=None)
 
 COMPLEX_NOTE = "mean, std, min, max, zeros and the histogram are of the magnitude abs(z)"
-OVERVIEW_COLUMNS = (
-    "name", "shape", "dtype", "count", "mean", "std", "min", "max", "non-finite", "first values"
-)
+# Count and first values are in each tensor's own table. In the overview they would
+# widen it past a text card in a 1280-pixel window, and TensorBoard then splits its words.
+OVERVIEW_COLUMNS = ("name", "shape", "dtype", "mean", "std", "min", "max", "non-finite")
 
 
 def histogram_value(tag: str, histogram: np.ndarray) -> summary_pb2.Summary.Value:
@@ -81,8 +81,8 @@ def code_span(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def _escape(text: str) -> str:
-    """Keep a raw name from being read as Markdown or HTML."""
+def escape_markdown(text: str) -> str:
+    """Keep raw text, such as a name or a reason, from being read as Markdown or HTML."""
     escaped = text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'").replace("<", "&lt;")
     # A line break would end the table row; show it as the two characters `\n`.
     return escaped.replace("\r", "\\r").replace("\n", "\\n")
@@ -113,28 +113,43 @@ def tensor_markdown(tensor: NamedTensor, stats: TensorStats) -> str:
     if tensor.aliases:
         rows.append(("also named", ", ".join(code_span(a) for a in tensor.aliases)))
     if tensor.note:
-        rows.append(("note", _escape(tensor.note)))
-    lines = ["| statistic | value |", "|---|---|"]
-    lines += [f"| {key} | {value} |" for key, value in rows]
+        rows.append(("note", escape_markdown(tensor.note)))
+    return markdown_table(("statistic", "value"), rows)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Join cells into a Markdown table. Each cell must already be escaped (`code_span`, `escape_markdown`).
+
+    TensorBoard renders a scalar string of this form with a header row and at the
+    width of its content, where a 2-D string tensor is stretched to the card width.
+    """
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def overview_row(tensor: NamedTensor, stats: TensorStats) -> list[str]:
+    """Build the Markdown cells of one tensor's overview row (`OVERVIEW_COLUMNS`)."""
     return [
         code_span(tensor.name),
         fmt_shape(tensor.shape),
         tensor.dtype,
-        fmt(stats.count),
         fmt(stats.mean),
         fmt(stats.std),
         fmt(stats.min),
         fmt(stats.max),
         fmt(stats.nonfinite),
-        fmt_first(stats.first),
     ]
 
 
-def overview_table(rows: Sequence[Sequence[str]]) -> np.ndarray:
-    """Build a 2-D string array with a bold header row, which TensorBoard renders as a table."""
-    header = [f"**{column}**" for column in OVERVIEW_COLUMNS]
-    return np.array([header, *rows], dtype=object)
+def overview_markdown(rows: Sequence[Sequence[str]], skipped: Sequence[tuple[str, str]] = ()) -> str:
+    """Render the overview: a Markdown table of `overview_row`s, then the (name, reason) of each skipped tensor.
+
+    A reason is free text of any length, so it goes in a list under the table
+    rather than into a cell, where it would widen the table past its card.
+    """
+    text = markdown_table(OVERVIEW_COLUMNS, rows)
+    if skipped:
+        items = [f"- {code_span(name)}: {escape_markdown(reason)}" for name, reason in skipped]
+        text += "\n\nSkipped:\n\n" + "\n".join(items)
+    return text

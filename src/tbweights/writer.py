@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
-import numpy as np
 from tensorboard.compat.proto import summary_pb2
 
 from tbweights import summaries
 from tbweights.errors import TbweightsError, TensorError
 from tbweights.frameworks import WalkOptions, named_tensors
-from tbweights.initcheck import InitReport, check_tensor
+from tbweights.initcheck import InitReport, check_tensor, init_check_markdown
 from tbweights.sinks import sink_for
 from tbweights.stats import DEFAULT_BUCKETS, DEFAULT_FIRST, TensorStats, compute_stats
 from tbweights.tags import INIT_CHECK_TAG, OVERVIEW_TAG, TagAllocator
@@ -268,16 +267,12 @@ class WeightWriter:
 
     def _write_overview(self, report: StepReport) -> None:
         rows = [summaries.overview_row(r.tensor, r.stats) for r in report.results]
-        blank = [""] * (len(summaries.OVERVIEW_COLUMNS) - 2)
-        rows += [[summaries.code_span(s.name), *blank, f"skipped: {s.reason}"] for s in report.skipped]
-        table = summaries.overview_table(rows)
+        skipped = [(s.name, s.reason) for s in report.skipped]
+        table = summaries.overview_markdown(rows, skipped)
         self._sink.write_summary(report.step, [summaries.text_value(OVERVIEW_TAG, table)])
 
     def _write_init_check(self, step: int, init_check: InitReport) -> None:
-        header, *rows = init_check.table()
-        cells = [[f"**{column}**" for column in header]]
-        cells += [[summaries._escape(cell) for cell in row] for row in rows]
-        table = np.array(cells, dtype=object)
+        table = init_check_markdown(init_check)
         self._sink.write_summary(step, [summaries.text_value(INIT_CHECK_TAG, table)])
 
     def flush(self) -> None:

@@ -46,9 +46,11 @@ def step_from_name(name: str) -> int | None:
 
     The number after `step`, `iter`, `checkpoint`, `ckpt` or `epoch` counts (the
     one after `step` wins, so `epoch=3-step=1200` gives 1200), else a number that
-    ends the name after `-`, `_` or `.`. Numbers beyond TensorBoard's int64 steps
-    are ignored.
+    ends the name after `-`, `_` or `.`, or the whole name when it is a number
+    (Orbax's step folders). Numbers beyond TensorBoard's int64 steps are ignored.
     """
+    if name.isdigit() and int(name) <= MAX_STEP:
+        return int(name)  # an Orbax CheckpointManager names each step's folder by the step alone
     name = SHARD_SUFFIX.sub("", name)  # model-00001-of-00002 is a shard, not step 2
     matches = list(_STEP_WORD.finditer(name))
     preferred = [m for m in matches if "step" in m.group(0).lower()] or matches

@@ -150,7 +150,10 @@ def dtensor_part(record: NamedTensor, param: Any, group_ranks: frozenset[int]) -
     mesh_ranks = {int(r) for r in mesh.mesh.flatten().tolist()}
     if not mesh_ranks <= group_ranks:
         outside = sorted(mesh_ranks - group_ranks)
-        reason = f"its device mesh includes ranks {outside} outside the process group; pass a group that contains the whole mesh"
+        reason = (
+            f"its device mesh includes ranks {outside} outside the process group; "
+            "pass a group that contains the whole mesh"
+        )
         return LocalPart(record, None, _nowhere, error=reason)
     coordinate = mesh.get_coordinate()
     # A mesh smaller than the group is one of several sub-meshes that hold copies of the

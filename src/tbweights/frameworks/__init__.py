@@ -23,6 +23,7 @@ _ADAPTERS: tuple[tuple[str, str], ...] = (
     ("keras", "tbweights.frameworks.keras"),
     ("torch", "tbweights.frameworks.torch"),
     ("tensorflow", "tbweights.frameworks.tensorflow"),
+    ("jax", "tbweights.frameworks.jax"),
 )
 _NUMPY_ADAPTER = "tbweights.frameworks.numpy"
 
