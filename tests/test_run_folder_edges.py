@@ -120,3 +120,31 @@ def test_checkpoint_folder_without_model_is_reported(tmp_path: Path, read_run, c
     assert f"{run / 'checkpoint-200'}: no model file in this checkpoint folder; left out of the run" in err
     assert "logs_7" not in err
     assert read_run(tmp_path / "logs").steps("fc1/weight") == [100]
+
+
+def _save_gguf(path: Path, value: float) -> None:
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("fc1.weight", np.full((2, 3), value, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _save_flax_msgpack(path: Path, value: float) -> None:
+    serialization = pytest.importorskip("flax.serialization")
+    path.write_bytes(serialization.to_bytes({"fc1": {"weight": np.full((2, 3), value, np.float32)}}))
+
+
+@pytest.mark.parametrize(("suffix", "save_one"), [(".gguf", _save_gguf), (".msgpack", _save_flax_msgpack)])
+def test_run_folder_of_other_formats(tmp_path: Path, read_run, suffix: str, save_one) -> None:
+    """Each weight-file format that `convert` reads also works as the steps of a run folder."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (2, 10):
+        save_one(run / f"model_{step:05d}{suffix}", float(step))
+    assert main(["convert", str(run), "--logdir", str(tmp_path / "logs")]) == 0
+    reader = read_run(tmp_path / "logs")
+    assert reader.steps("fc1/weight") == [2, 10]
+    assert reader.value("fc1/weight", 10)[0, 0] == 10.0
