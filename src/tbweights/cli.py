@@ -291,8 +291,13 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
     if report.failed and attempted > 1:
         out.error(f"{len(report.failed)} of {attempted} checkpoint(s) skipped; see the errors above")
     if skipped_tensors:
-        out.error(f"{skipped_tensors} tensor(s) skipped; see the warnings above")
+        out.error(f"{skipped_tensors} tensor(s) skipped; {_see_warnings(out)}")
     return EXIT_ERROR if report.failed or skipped_tensors else 0
+
+
+def _see_warnings(out: Output) -> str:
+    """Point at the per-tensor warnings, which --quiet does not print."""
+    return "rerun without --quiet to see which and why" if out.quiet else "see the warnings above"
 
 
 def run_show(args: argparse.Namespace, out: Output) -> int:
@@ -318,7 +323,7 @@ def run_show(args: argparse.Namespace, out: Output) -> int:
         out.warn(f"no tensors found in {args.checkpoint}")
     if shown.failures:
         if args.format is ShowFormat.TABLE:
-            out.error(f"{shown.failures} tensor(s) skipped; see the warnings above")
+            out.error(f"{shown.failures} tensor(s) skipped; {_see_warnings(out)}")
         else:
             out.error(f"{shown.failures} tensor(s) could not be summarized; see the error field of their rows")
         return EXIT_ERROR

@@ -1,4 +1,4 @@
-"""`show --format` names its choices on a wrong value and accepts any case."""
+"""CLI messages: `show --format` names its choices, and --quiet summaries point to a rerun."""
 
 from __future__ import annotations
 
@@ -25,3 +25,16 @@ def test_format_in_capitals(tmp_path: Path, capsys) -> None:
     save_file({"w": np.ones(2, np.float32)}, str(tmp_path / "m.safetensors"))
     assert main(["show", str(tmp_path / "m.safetensors"), "--format", "JSON"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "w"
+
+
+def test_quiet_skip_summary_points_to_rerun(tmp_path: Path, capsys) -> None:
+    """--quiet hides the per-tensor warnings, so the summary must not point at them."""
+    pytest.importorskip("torch")
+    import torch
+
+    torch.save({"ok.weight": torch.ones(2), "meta.weight": torch.empty(2, device="meta")}, tmp_path / "m.pt")
+    assert main(["show", str(tmp_path / "m.pt"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: 1 tensor(s) skipped; rerun without --quiet to see which and why"
+    assert main(["convert", str(tmp_path / "m.pt"), "--logdir", str(tmp_path / "logs"), "-q"]) == 1
+    assert "rerun without --quiet to see which and why" in capsys.readouterr().err
