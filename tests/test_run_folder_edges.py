@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from tbweights.checkpoints.runs import step_from_file_name
 from tbweights.cli import main
 
 
@@ -148,3 +149,30 @@ def test_run_folder_of_other_formats(tmp_path: Path, read_run, suffix: str, save
     reader = read_run(tmp_path / "logs")
     assert reader.steps("fc1/weight") == [2, 10]
     assert reader.value("fc1/weight", 10)[0, 0] == 10.0
+
+
+@pytest.mark.parametrize(
+    ("name", "step"),
+    [
+        ("val_loss=0.50-step=100.ckpt", 100),
+        ("epoch=2-step=300-val_loss=0.123.ckpt", 300),
+        ("model.ckpt-100", 100),
+        ("ckpt-1000.pt", 1000),
+        ("model-v1.2.pt", None),
+        ("last.ckpt", None),
+        ("model-00001-of-00002.safetensors", None),
+    ],
+)
+def test_step_from_file_name(name: str, step: int | None) -> None:
+    assert step_from_file_name(name) == step
+
+
+def test_metric_before_step_in_file_name(tmp_path: Path, read_run) -> None:
+    """Lightning's `filename="{val_loss:.2f}-{step}"` puts a dot before the step."""
+    run = tmp_path / "run"
+    save(run / "val_loss=0.90-step=100.safetensors", 100.0)
+    save(run / "val_loss=0.50-step=200.safetensors", 200.0)
+    assert main(["convert", str(run), "--logdir", str(tmp_path / "logs")]) == 0
+    reader = read_run(tmp_path / "logs")
+    assert reader.steps("fc1/weight") == [100, 200]
+    assert reader.value("fc1/weight", 200)[0, 0] == 200.0

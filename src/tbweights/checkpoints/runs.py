@@ -52,15 +52,34 @@ def step_from_name(name: str) -> int | None:
     if name.isdigit() and int(name) <= MAX_STEP:
         return int(name)  # an Orbax CheckpointManager names each step's folder by the step alone
     name = SHARD_SUFFIX.sub("", name)  # model-00001-of-00002 is a shard, not step 2
-    matches = list(_STEP_WORD.finditer(name))
-    preferred = [m for m in matches if "step" in m.group(0).lower()] or matches
-    number = preferred[-1].group(1) if preferred else None
+    number = _number_after_step_word(name)
     if number is None:
         trailing = _TRAILING_NUMBER.search(name)
         number = trailing.group(1) if trailing else None
     if number is not None and int(number) <= MAX_STEP:
         return int(number)
     return None
+
+
+def step_from_file_name(name: str) -> int | None:
+    """Read the step in a checkpoint file's name, such as `ckpt-1000.pt`, or return None.
+
+    The part before the first `.` is read with `step_from_name`, so that
+    `model-v1.2.pt` has no step. When that part has none, a number after `step`,
+    `iter`, `checkpoint`, `ckpt` or `epoch` anywhere in the name counts, as in
+    Lightning's `val_loss=0.50-step=100.ckpt`.
+    """
+    step = step_from_name(name.split(".", 1)[0])
+    if step is not None:
+        return step
+    number = _number_after_step_word(SHARD_SUFFIX.sub("", name))
+    return int(number) if number is not None and int(number) <= MAX_STEP else None
+
+
+def _number_after_step_word(name: str) -> str | None:
+    matches = list(_STEP_WORD.finditer(name))
+    preferred = [m for m in matches if "step" in m.group(0).lower()] or matches
+    return preferred[-1].group(1) if preferred else None
 
 
 @dataclass
@@ -105,7 +124,7 @@ def scan_run_folder(folder: str | os.PathLike[str]) -> RunFolder | None:
                 run.left_out.append(f"{entry}: no model file in this checkpoint folder; left out of the run")
             continue
         stem = checkpoint.name if entry.is_dir() else checkpoint.name.split(".", 1)[0]
-        step = step_from_name(stem)
+        step = step_from_name(stem) if entry.is_dir() else step_from_file_name(checkpoint.name)
         if step is not None:
             found.append((step, checkpoint.name, checkpoint))
         else:
