@@ -206,8 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument(
         "--format",
-        type=ShowFormat,
-        choices=list(ShowFormat),
+        type=_show_format,
         default=ShowFormat.TABLE,
         metavar="{table,json,csv}",
         help="table: aligned for reading (default); json: one JSON object per line; "
@@ -283,14 +282,22 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
     if report.steps:
         out.result(f"wrote {len(report.steps)} step(s) to {report.event_file}")
         out.result(f"open it with: tensorboard --logdir {report.logdir}")
+    elif report.already_logged and not report.failed and report.left_out:
+        # Not "every step": a checkpoint below the last logged step is not in the logdir.
+        out.result(f"nothing new to write to {report.logdir}; {len(report.left_out)} checkpoint(s) left out, see above")
     elif report.already_logged and not report.failed:
         out.result(f"nothing new to write: {report.logdir} already contains every step")
     attempted = len(report.steps) + len(report.failed)
     if report.failed and attempted > 1:
         out.error(f"{len(report.failed)} of {attempted} checkpoint(s) skipped; see the errors above")
     if skipped_tensors:
-        out.error(f"{skipped_tensors} tensor(s) skipped; see the warnings above")
+        out.error(f"{skipped_tensors} tensor(s) skipped; {_see_warnings(out)}")
     return EXIT_ERROR if report.failed or skipped_tensors else 0
+
+
+def _see_warnings(out: Output) -> str:
+    """Point at the per-tensor warnings, which --quiet does not print."""
+    return "rerun without --quiet to see which and why" if out.quiet else "see the warnings above"
 
 
 def run_show(args: argparse.Namespace, out: Output) -> int:
@@ -316,7 +323,7 @@ def run_show(args: argparse.Namespace, out: Output) -> int:
         out.warn(f"no tensors found in {args.checkpoint}")
     if shown.failures:
         if args.format is ShowFormat.TABLE:
-            out.error(f"{shown.failures} tensor(s) skipped; see the warnings above")
+            out.error(f"{shown.failures} tensor(s) skipped; {_see_warnings(out)}")
         else:
             out.error(f"{shown.failures} tensor(s) could not be summarized; see the error field of their rows")
         return EXIT_ERROR
@@ -331,6 +338,15 @@ def run_demo(args: argparse.Namespace, out: Output) -> int:
     out.result(f"wrote {len(report.results)} tensors of a 784-128-10 MLP at step 0 to {args.logdir}")
     out.result(f"open it with: tensorboard --logdir {args.logdir}")
     return 0
+
+
+def _show_format(value: str) -> ShowFormat:
+    """Parse `--format`; argparse would name the enum class in its error otherwise."""
+    try:
+        return ShowFormat(value.lower())
+    except ValueError:
+        names = ", ".join(fmt.value for fmt in ShowFormat)
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {names})") from None
 
 
 _COMMANDS = {"convert": run_convert, "show": run_show, "demo": run_demo}

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tbweights.checkpoints import LoadOptions, read_checkpoint
-from tbweights.checkpoints.runs import MAX_STEP, SHARD_SUFFIX, RunFolder, scan_run_folder, step_from_name
+from tbweights.checkpoints.runs import (
+    MAX_STEP,
+    SHARD_SUFFIX,
+    RunFolder,
+    scan_run_folder,
+    step_from_file_name,
+    step_from_name,
+)
 from tbweights.errors import CheckpointError, TbweightsError
 from tbweights.event_steps import logged_steps, wait_for_later_file_name
 from tbweights.events import EventFileError
@@ -37,12 +44,8 @@ def step_from_path(path: str | os.PathLike[str]) -> int | None:
     latest = _latest_tensorflow_checkpoint(path) if path.is_dir() else None
     if latest is not None:
         path = path / latest  # a TensorFlow folder: the step of the checkpoint it reads
-    name = path.name if path.is_dir() else path.name.split(".", 1)[0]
-    for part in (name, path.parent.name):
-        step = step_from_name(part)
-        if step is not None:
-            return step
-    return None
+    step = step_from_name(path.name) if path.is_dir() else step_from_file_name(path.name)
+    return step if step is not None else step_from_name(path.parent.name)
 
 
 def merge_tensorflow_files(paths: list[str]) -> list[str]:

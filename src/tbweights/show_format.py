@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import sys
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -182,18 +183,38 @@ def render_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], width
     Shrinkable columns give up room from the last one on. Rows that still do not
     fit run past `width`.
     """
-    widths = [max([len(c.title), *(len(row[i]) for row in rows)]) for i, c in enumerate(columns)]
+    widths = [max([display_width(c.title), *(display_width(row[i]) for row in rows)]) for i, c in enumerate(columns)]
     visible = _fit_widths(columns, widths, width)
     lines = []
     for row in [[c.title for c in columns], *rows]:
         cells = []
         for i in visible:
-            cell, column = row[i], columns[i]
-            if len(cell) > widths[i]:
-                cell = (column.shorten or shorten_end)(cell, widths[i])
-            cells.append(cell.rjust(widths[i]) if column.right else cell.ljust(widths[i]))
+            cell = _fit_cell(row[i], widths[i], columns[i].shorten or shorten_end)
+            fill = " " * (widths[i] - display_width(cell))
+            cells.append(fill + cell if columns[i].right else cell + fill)
         lines.append(GAP.join(cells).rstrip())
     return lines
+
+
+def display_width(text: str) -> int:
+    """Count the terminal columns of `text`: wide and fullwidth East Asian characters take two, combining marks none."""
+    return sum(
+        0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text
+    )
+
+
+def _fit_cell(cell: str, width: int, shorten: Callable[[str, int], str]) -> str:
+    """Shorten `cell` to at most `width` terminal columns.
+
+    The shorten functions count characters, so a cell with wide characters is
+    shortened again, one character less each time, until it fits.
+    """
+    target = width
+    fitted = cell
+    while display_width(fitted) > width and target > 0:
+        fitted = shorten(cell, target)
+        target -= 1
+    return fitted
 
 
 def _fit_widths(columns: Sequence[Column], widths: list[int], width: int | None) -> list[int]:

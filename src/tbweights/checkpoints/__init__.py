@@ -158,6 +158,8 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
     head = read_head(path)
     if path.is_file() and not head:
         raise CheckpointError(path, "the file is empty")
+    if path.is_dir() and not any(path.iterdir()):
+        raise CheckpointError(path, "the folder is empty; pass a checkpoint file or a folder that contains one")
     if head.startswith(_LFS_POINTER):
         raise CheckpointError(
             path,

@@ -14,8 +14,9 @@ folder with its own model file (`model.safetensors`, `pytorch_model.bin`, ...),
 unless it also contains at least two step-numbered checkpoints, as a Trainer's
 output folder does after training. Weight files without a step number, such as
 Lightning's `last.ckpt` (a copy of or link to the newest checkpoint), are left
-out and reported. Optimizer and scheduler files, logs, JSON and YAML files are
-ignored.
+out and reported. So are checkpoints that repeat a step (Lightning's `-v1` copies):
+the one saved last is kept. Optimizer and scheduler files, logs, JSON and YAML
+files are ignored.
 """
 
 from __future__ import annotations
@@ -51,15 +52,34 @@ def step_from_name(name: str) -> int | None:
     if name.isdigit() and int(name) <= MAX_STEP:
         return int(name)  # an Orbax CheckpointManager names each step's folder by the step alone
     name = SHARD_SUFFIX.sub("", name)  # model-00001-of-00002 is a shard, not step 2
-    matches = list(_STEP_WORD.finditer(name))
-    preferred = [m for m in matches if "step" in m.group(0).lower()] or matches
-    number = preferred[-1].group(1) if preferred else None
+    number = _number_after_step_word(name)
     if number is None:
         trailing = _TRAILING_NUMBER.search(name)
         number = trailing.group(1) if trailing else None
     if number is not None and int(number) <= MAX_STEP:
         return int(number)
     return None
+
+
+def step_from_file_name(name: str) -> int | None:
+    """Read the step in a checkpoint file's name, such as `ckpt-1000.pt`, or return None.
+
+    The part before the first `.` is read with `step_from_name`, so that
+    `model-v1.2.pt` has no step. When that part has none, a number after `step`,
+    `iter`, `checkpoint`, `ckpt` or `epoch` anywhere in the name counts, as in
+    Lightning's `val_loss=0.50-step=100.ckpt`.
+    """
+    step = step_from_name(name.split(".", 1)[0])
+    if step is not None:
+        return step
+    number = _number_after_step_word(SHARD_SUFFIX.sub("", name))
+    return int(number) if number is not None and int(number) <= MAX_STEP else None
+
+
+def _number_after_step_word(name: str) -> str | None:
+    matches = list(_STEP_WORD.finditer(name))
+    preferred = [m for m in matches if "step" in m.group(0).lower()] or matches
+    return preferred[-1].group(1) if preferred else None
 
 
 @dataclass
@@ -93,18 +113,26 @@ def scan_run_folder(folder: str | os.PathLike[str]) -> RunFolder | None:
     for entry in entries:
         if entry.name.startswith(NOT_MODEL_FILES):
             continue
+        if entry.is_symlink() and not entry.exists():
+            if entry.name.endswith(WEIGHT_SUFFIXES):
+                run.left_out.append(f"{entry}: broken symbolic link to {os.readlink(entry)}; left out of the run")
+            continue
         checkpoint = _checkpoint_of(entry)
         if checkpoint is None:
+            if entry.is_dir() and _STEP_WORD.search(entry.name):
+                # A Trainer `checkpoint-300/` that is still being saved, or whose save failed.
+                run.left_out.append(f"{entry}: no model file in this checkpoint folder; left out of the run")
             continue
-        step = step_from_name(checkpoint.name if entry.is_dir() else checkpoint.name.split(".", 1)[0])
+        stem = checkpoint.name if entry.is_dir() else checkpoint.name.split(".", 1)[0]
+        step = step_from_name(stem) if entry.is_dir() else step_from_file_name(checkpoint.name)
         if step is not None:
             found.append((step, checkpoint.name, checkpoint))
         else:
-            run.left_out.append(f"{entry}: no step number in its name; left out of the run{_why_stepless(entry)}")
+            run.left_out.append(f"{entry}: {_why_stepless(entry, stem)}")
     has_model_file = any((folder / name).is_file() for name in MODEL_FILES)
     if len(found) < (2 if has_model_file else 1):
         return None
-    found.sort(key=lambda item: (item[0], item[1]))
+    found = _one_per_step(found, run.left_out)
     run.checkpoints = [path for _, _, path in found]
     run.steps = [step for step, _, _ in found]
     return run
@@ -136,10 +164,40 @@ def run_subfolders(folder: Path, depth: int = 3, limit: int = 200) -> list[Path]
     return found
 
 
-def _why_stepless(entry: Path) -> str:
+def _one_per_step(found: list[tuple[int, str, Path]], left_out: list[str]) -> list[tuple[int, str, Path]]:
+    """Keep the most recently saved checkpoint of each step, in step order, and report the others.
+
+    Lightning saves `epoch=0-step=100-v1.ckpt` beside `epoch=0-step=100.ckpt` when a
+    run is restarted into the same folder. Numbering the checkpoints by position
+    instead would change every step each time the folder is converted again.
+    """
+    by_step: dict[int, list[tuple[float, str, Path]]] = {}
+    for step, name, path in found:
+        by_step.setdefault(step, []).append((_saved_at(path), name, path))
+    kept: list[tuple[int, str, Path]] = []
+    for step in sorted(by_step):
+        newest_first = sorted(by_step[step], key=lambda item: (item[0], item[1]), reverse=True)
+        _, name, path = newest_first[0]
+        kept.append((step, name, path))
+        for _, _, other in newest_first[1:]:
+            left_out.append(f"{other}: step {step} again; {name}, saved later, is used for it; left out of the run")
+    return kept
+
+
+def _saved_at(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _why_stepless(entry: Path, stem: str) -> str:
+    too_large = [n for n in re.findall(r"\d+", stem) if int(n) > MAX_STEP]
+    if too_large:
+        return f"step number {too_large[-1]} is beyond TensorBoard's largest step, 2**63 - 1; left out of the run"
     if entry.suffix == ".ckpt" and entry.name.startswith("last"):
-        return " (Lightning's last.ckpt repeats the newest checkpoint)"
-    return ""
+        return "no step number in its name; left out of the run (Lightning's last.ckpt repeats the newest checkpoint)"
+    return "no step number in its name; left out of the run"
 
 
 def _is_own_checkpoint(folder: Path) -> bool:

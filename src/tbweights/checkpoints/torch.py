@@ -80,6 +80,9 @@ def load_object(path: Path, options: LoadOptions) -> Any:
         with warnings.catch_warnings():
             # torch warns about pickle protocols it did not write, and the error below explains more.
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            # Rebuilding quantized tensors warns about torch's own deprecated internals; nothing for the user to do.
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=not options.trust, mmap=is_zip)
     except pickle.UnpicklingError as error:
         raise _unpickling_error(path, error) from None
