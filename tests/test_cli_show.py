@@ -216,7 +216,10 @@ def test_failed_tensor_is_a_row(with_bad_tensor, output_format) -> None:
 def test_failed_tensor_warns_in_table(with_bad_tensor) -> None:
     result = show(with_bad_tensor)
     assert result.returncode == 1
-    assert [line.split()[0] for line in result.stdout.splitlines()] == ["name", "w"]
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["name", "w", "labels"]
+    assert "not numbers" in lines[2]
+    assert lines[2].split()[4:9] == ["-"] * 5
     assert "error: 1 tensor(s) skipped" in result.stderr
 
 

@@ -119,8 +119,8 @@ def test_render_table_cuts_first_values_first() -> None:
     assert max(len(line) for line in lines) <= 37
 
 
-def test_render_table_drops_first_values_before_names() -> None:
-    assert render_table(COLUMNS, ROWS, 28)[:2] == ["name                  mean", "layers.0.fc1.weight    0.1"]
+def test_render_table_shrinks_names_before_dropping() -> None:
+    assert render_table(COLUMNS, ROWS, 28)[:2] == ["name          mean  first v…", "laye…weight    0.1  1, 2, …"]
     assert render_table(COLUMNS, ROWS, 20)[:2] == ["name            mean", "layers…weight    0.1"]
 
 

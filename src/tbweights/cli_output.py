@@ -20,6 +20,7 @@ from tbweights.show_format import (
     SHOW_FIELDS,
     SHOW_TABLE,
     csv_cells,
+    failed_table_row,
     format_shape,
     init_record,
     init_table_row,
@@ -99,8 +100,8 @@ def print_show(
 ) -> ShowCounts:
     """Print one row per tensor and count what was printed and what failed.
 
-    A tensor that could not be summarized gets a warning on stderr. The table
-    leaves it out, and JSON Lines and CSV give it a row with the reason in `error`. The
+    A tensor that could not be summarized gets a warning on stderr and keeps its
+    row: dashes and the reason in the table, the reason in `error` in JSON Lines and CSV. The
     table is printed at the end, to align it, and fitted to `width` (None: no limit);
     JSON Lines and CSV rows are printed as each tensor is summarized.
     """
@@ -115,15 +116,15 @@ def print_show(
                 f"shape {format_shape(tensor.shape)}): {stats}"
             )
         if output_format is ShowFormat.TABLE:
-            if not isinstance(stats, str):
-                table.append(show_table_row(tensor, stats))
+            row = failed_table_row(tensor, stats) if isinstance(stats, str) else show_table_row(tensor, stats)
+            table.append(row)
         else:
             emit(show_record(tensor, stats))
     emit.finish()
     if output_format is ShowFormat.TABLE:
         for line in render_table(SHOW_TABLE, table, width):
             out.result(line)
-        return ShowCounts(rows=len(table), failures=failures)
+        return ShowCounts(rows=len(table) - failures, failures=failures)
     return ShowCounts(rows=emit.count - failures, failures=failures)
 
 

@@ -218,27 +218,36 @@ def _fit_cell(cell: str, width: int, shorten: Callable[[str, int], str]) -> str:
 
 
 def _fit_widths(columns: Sequence[Column], widths: list[int], width: int | None) -> list[int]:
-    """Shrink `widths` in place to fit `width`; return the indices of the columns to show."""
+    """Shrink `widths` in place to fit `width`; return the indices of the columns to show.
+
+    Shrinkable columns give way first, the last ones first, each down to its
+    `min_width`. Only when that is not enough are optional columns left out,
+    and the room they leave goes back to the columns that were shrunk.
+    """
     visible = list(range(len(columns)))
     if width is None:
         return visible
+    natural = list(widths)
     excess = sum(widths) + len(GAP) * (len(columns) - 1) - width
     for i in reversed(range(len(columns))):
-        column = columns[i]
         if excess <= 0:
             break
-        if column.shorten is None:
-            continue
-        floor = min(widths[i], column.min_width)
-        if widths[i] - excess >= floor:
-            widths[i] -= excess
-            excess = 0
-        elif column.optional:
+        if columns[i].shorten is not None:
+            cut = min(excess, widths[i] - min(widths[i], columns[i].min_width))
+            widths[i] -= cut
+            excess -= cut
+    for i in reversed(range(len(columns))):
+        if excess <= 0:
+            break
+        if columns[i].optional:
             visible.remove(i)
             excess -= widths[i] + len(GAP)
-        else:
-            excess -= widths[i] - floor
-            widths[i] = floor
+    for i in visible:
+        if excess >= 0:
+            break
+        regain = min(-excess, natural[i] - widths[i])
+        widths[i] += regain
+        excess += regain
     return visible
 
 
@@ -269,6 +278,13 @@ def show_table_row(tensor: NamedTensor, stats: TensorStats) -> list[str]:
         format_nonfinite(stats),
         format_values(stats.first),
     ]
+
+
+def failed_table_row(tensor: NamedTensor, reason: str) -> list[str]:
+    """A table row for a tensor that could not be summarized: dashes for the statistics, the reason last."""
+    dashes = ["-"] * 5  # mean, std, min, max, nan/inf
+    name, shape, count = printable(tensor.name), format_shape(tensor.shape), format_count(tensor.size)
+    return [name, shape, tensor.dtype, count, *dashes, reason]
 
 
 INIT_TABLE = (
