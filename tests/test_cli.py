@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -160,6 +161,20 @@ def test_show_into_closed_pipe(checkpoints) -> None:
     command = f"{sys.executable} -m tbweights show {checkpoints[0]} | head -c 10"
     result = subprocess.run(command, shell=True, capture_output=True, text=True)
     assert "Traceback" not in result.stderr
+
+
+def test_closed_stdout_exits_141(checkpoints) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the first write, so that write fails with EPIPE
+    process = subprocess.run(
+        [sys.executable, "-m", "tbweights", "show", str(checkpoints[0])],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(write_end)
+    assert process.returncode == 141
+    assert process.stderr == ""
 
 
 def test_convert_warns_about_a_lone_shard(tmp_path, read_run) -> None:

@@ -32,6 +32,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_SIGINT = 130  # 128 + the signal number, as shells report a killed process
 EXIT_SIGTERM = 143
+EXIT_SIGPIPE = 141  # the reader of stdout closed it early, as `| head` does
 
 
 class Terminated(BaseException):
@@ -374,7 +375,7 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         # The reader of stdout went away (`tbweights show x | head`): stop quietly.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_ERROR
+        return EXIT_SIGPIPE
     except TbweightsError as error:
         if args.debug:
             raise
