@@ -105,6 +105,14 @@ def test_detects_onnx_by_suffix_and_content(linear) -> None:
     assert detect(path).name == "onnx"
 
 
+@pytest.mark.parametrize("new_name", ["model.bin", "model"])
+def test_renamed_model_error_names_suffix(linear, new_name) -> None:
+    path, _ = linear
+    renamed = path.rename(path.with_name(new_name))
+    with pytest.raises(CheckpointError, match="if it is an ONNX model, give it the .onnx suffix"):
+        list(read_checkpoint(renamed))
+
+
 def test_initializers_and_constants(linear) -> None:
     path, expected = linear
     tensors = loaded(path)

@@ -174,7 +174,9 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
             return fmt
     what = "directory" if path.is_dir() else "file"
     names = ", ".join(fmt.name for fmt in known)
-    raise CheckpointError(path, f"unknown checkpoint format for this {what}; supported: {names}")
+    from tbweights.checkpoints.onnx import suffix_hint
+
+    raise CheckpointError(path, f"unknown checkpoint format for this {what}; supported: {names}{suffix_hint(path)}")
 
 
 def read_checkpoint(

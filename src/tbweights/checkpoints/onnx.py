@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from tbweights.checkpoints import Format, LoadOptions
+from tbweights.checkpoints import HEAD_BYTES, Format, LoadOptions
 from tbweights.checkpoints.onnx_data import ExternalFiles, decode, densify, dtype_name, summarizable
 from tbweights.checkpoints.pages import PageWindow, watch
 from tbweights.errors import CheckpointError, MissingDependencyError
@@ -64,6 +64,20 @@ class _Entry:
 
 def _sniff(path: Path, head: bytes) -> bool:
     return path.name.endswith(".onnx") and path.is_file() and _looks_like_model(head)
+
+
+def suffix_hint(path: Path) -> str:
+    """Return a hint to rename `path` to `.onnx` when its first bytes look like an ONNX model, else ""."""
+    if path.name.endswith(".onnx") or not path.is_file():
+        return ""
+    try:
+        with path.open("rb") as file:
+            head = file.read(HEAD_BYTES)
+    except OSError:
+        return ""
+    if not _looks_like_model(head):
+        return ""
+    return "; if it is an ONNX model, give it the .onnx suffix, which ONNX detection needs"
 
 
 def _looks_like_model(head: bytes) -> bool:

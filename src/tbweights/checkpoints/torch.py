@@ -17,6 +17,7 @@ from typing import Any
 
 from tbweights.checkpoints import ZIP_MAGIC, Format, LoadOptions, zip_members
 from tbweights.checkpoints.nesting import weight_tensors
+from tbweights.checkpoints.onnx import suffix_hint as onnx_suffix_hint
 from tbweights.checkpoints.pages import PageWindow, file_mappings, watch
 from tbweights.errors import CheckpointError, MissingDependencyError, UnsafeCheckpointError
 from tbweights.tensors import NamedTensor, Role
@@ -63,7 +64,9 @@ def load_object(path: Path, options: LoadOptions) -> Any:
     is_zip = head == ZIP_MAGIC
     if not is_zip and not head.startswith(PICKLE_PROTOCOL_2_PLUS):
         raise CheckpointError(
-            path, f"not a PyTorch checkpoint: it starts with {head!r}, neither a zip archive nor a pickle"
+            path,
+            f"not a PyTorch checkpoint: it starts with {head!r}, neither a zip archive nor a pickle"
+            + onnx_suffix_hint(path),
         )
     members = zip_members(path) if is_zip else []
     if is_zip and not members:
