@@ -141,6 +141,15 @@ def test_nnx_param_state_and_tuple_pytree(logdir) -> None:
     assert names == ["0/w", "1/0"]
 
 
+
+def test_dict_with_int_and_str_keys_is_logged(logdir) -> None:
+    # JAX cannot flatten a dict whose keys do not sort (1 and "a"), so such a mapping
+    # takes the generic path, for NumPy arrays as well as JAX arrays.
+    for array in (np.ones(3, np.float32), jnp.ones(3)):
+        report = log_weights({1: array, "a": {"w": array}}, logdir)
+        assert sorted(r.tensor.name for r in report.results) == ["1", "a.w"]
+
+
 SHARDED_SCRIPT = """
 import sys, jax, numpy as np, tbweights
 mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("x",))
