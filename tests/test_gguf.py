@@ -321,6 +321,18 @@ def test_cli_truncated_file(tmp_path) -> None:
     assert "Traceback" not in shown.stderr
 
 
+def test_run_folder_of_gguf_files(tmp_path, read_run) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (100, 20):
+        write_gguf(run / f"model-step{step}.gguf", {"blk.0.w.weight": (np.full((2, 2), step, np.float32), None)})
+    converted = tbweights_cli("convert", str(run), "--logdir", str(tmp_path / "logs"))
+    assert converted.returncode == 0, converted.stderr
+    reader = read_run(tmp_path / "logs")
+    assert reader.steps("blk.0.w/weight") == [20, 100]
+    assert reader.value("blk.0.w/weight", 100)[0, 0] == 100
+
+
 @pytest.mark.parametrize("endianess", ["LITTLE", "BIG"])
 def test_metadata_arrays_are_stepped_over(tmp_path, endianess: str) -> None:
     from tbweights.checkpoints.gguf_header import open_fast

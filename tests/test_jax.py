@@ -141,7 +141,6 @@ def test_nnx_param_state_and_tuple_pytree(logdir) -> None:
     assert names == ["0/w", "1/0"]
 
 
-
 def test_dict_with_int_and_str_keys_is_logged(logdir) -> None:
     # JAX cannot flatten a dict whose keys do not sort (1 and "a"), so such a mapping
     # takes the generic path, for NumPy arrays as well as JAX arrays.
@@ -191,6 +190,16 @@ def test_msgpack_chunked_and_nested_lists(tmp_path, monkeypatch) -> None:
     np.testing.assert_array_equal(tensors["layers/0"], np.ones(3))
     assert tensors["layers/1"].shape == ()
     assert tensors["layers/1"] == 2.5
+
+
+def test_run_folder_of_msgpack_files(variables, tmp_path, logdir, read_run) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (30, 4):
+        (run / f"checkpoint_{step}.msgpack").write_bytes(serialization.to_bytes(variables))
+    report = convert([run], logdir)
+    assert [step.step for _, step in report.steps] == [4, 30]
+    assert read_run(logdir).steps("params/Dense_0/kernel") == [4, 30]
 
 
 def test_train_state_optimizer_left_out(tmp_path) -> None:

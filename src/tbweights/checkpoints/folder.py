@@ -27,7 +27,20 @@ MODEL_FILES = (
     "model.keras",
     "model.npz",
 )
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".npz", ".npy", ".h5", ".keras")
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".pt",
+    ".pth",
+    ".bin",
+    ".ckpt",
+    ".npz",
+    ".npy",
+    ".h5",
+    ".keras",
+    ".onnx",
+    ".gguf",
+    ".msgpack",
+)
 # Files beside the model in training folders that hold no model weights.
 NOT_MODEL_FILES = ("optimizer", "scheduler", "rng_state", "training_args", "scaler", "trainer_state")
 

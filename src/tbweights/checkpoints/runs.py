@@ -5,7 +5,7 @@ A run folder's checkpoints are its entries with a step number in their own name:
 - checkpoint folders, such as Hugging Face Trainer's `checkpoint-500/`: any
   subfolder that reads as one checkpoint;
 - weight files: `ckpt-1000.pt`, Lightning's `epoch=3-step=1200.ckpt`,
-  `model_00010.safetensors`;
+  `model_00010.safetensors`, `model-step100.gguf`, `checkpoint_100.msgpack`;
 - TensorFlow checkpoint prefixes: `ckpt-3`, from `ckpt-3.index` and its data files.
 
 A folder that is itself one checkpoint stays one checkpoint: a sharded
@@ -14,8 +14,8 @@ folder with its own model file (`model.safetensors`, `pytorch_model.bin`, ...),
 unless it also contains at least two step-numbered checkpoints, as a Trainer's
 output folder does after training. Weight files without a step number, such as
 Lightning's `last.ckpt` (a copy of or link to the newest checkpoint), are left
-out and reported. Optimizer and scheduler files, logs, JSON and YAML files are
-ignored.
+out and reported, and so are Orbax's unfinished saves (`100.orbax-checkpoint-tmp`).
+Optimizer and scheduler files, logs, JSON and YAML files are ignored.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ SHARD_SUFFIX = re.compile(r"-\d+-of-\d+$")
 _OWN_CHECKPOINT_FILES = (".metadata", "saved_model.pb", "saved_model.pbtxt")
 _SHARD_INDEX_SUFFIX = ".index.json"
 _TF_INDEX_SUFFIX = ".index"
+_ORBAX_TMP = ".orbax-checkpoint-tmp"
 # Entries listed by name in the error of `tbweights show RUN_DIR`.
 _NAMES_SHOWN = 6
 
@@ -92,6 +93,10 @@ def scan_run_folder(folder: str | os.PathLike[str]) -> RunFolder | None:
         return None
     for entry in entries:
         if entry.name.startswith(NOT_MODEL_FILES):
+            continue
+        if _ORBAX_TMP in entry.name:
+            # Orbax writes a step into `100.orbax-checkpoint-tmp[-<time>]` and renames it when done.
+            run.left_out.append(f"{entry}: an unfinished Orbax save (still being written, or interrupted); left out")
             continue
         checkpoint = _checkpoint_of(entry)
         if checkpoint is None:
