@@ -241,6 +241,20 @@ def test_msgpack_object_dtype_skips_one_tensor(tmp_path, logdir) -> None:
     assert [r.tensor.name for r in step.results] == ["good"]
 
 
+def test_msgpack_int4_arrays(tmp_path) -> None:
+    path = tmp_path / "int4.msgpack"
+    tree = {"i4": jnp.array([1, -2, 3], jnp.int4), "u4": jnp.array([0, 15], jnp.uint4)}
+    path.write_bytes(serialization.to_bytes(tree))
+    tensors = {record.name: record for record in read_checkpoint(path)}
+    assert tensors["i4"].dtype == "int4"
+    assert np.asarray(tensors["i4"].load()).astype(np.int8).tolist() == [1, -2, 3]
+    report = log_weights({name: record.load() for name, record in tensors.items()}, tmp_path / "logs")
+    assert report.skipped == []
+    stats = {r.tensor.name: r.stats for r in report.results}
+    assert (stats["i4"].min, stats["i4"].max) == (-2, 3)
+    assert (stats["u4"].min, stats["u4"].max) == (0, 15)
+
+
 def test_orbax_standard_checkpoint(variables, tmp_path, logdir, read_run) -> None:
     ocp = pytest.importorskip("orbax.checkpoint")
     folder = tmp_path / "orbax"

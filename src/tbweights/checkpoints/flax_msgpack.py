@@ -130,13 +130,14 @@ def _array(buffer: Any, ext: Ext, unpackb: Any) -> _Array:
 
 
 def resolve_dtype(dtype_name: str) -> np.dtype | None:
-    """Resolve a Flax dtype name (`float32`, `bfloat16`, `float8_e4m3fn`) to a numeric NumPy dtype, else None."""
+    """Resolve a Flax dtype name (`float32`, `bfloat16`, `int4`) to a numeric NumPy dtype, else None."""
     small_float = getattr(ml_dtypes, dtype_name, None)
     try:
         dtype = np.dtype(small_float) if small_float is not None else np.dtype(dtype_name)
     except (TypeError, ValueError):
         return None
-    return dtype if dtype.kind in _NUMERIC_KINDS or dtype in dtypes.SMALL_FLOATS else None
+    readable = dtype.kind in _NUMERIC_KINDS or dtype in dtypes.SMALL_FLOATS or dtype in dtypes.SMALL_INTS
+    return dtype if readable else None
 
 
 def _leaves(tree: Any, parts: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
