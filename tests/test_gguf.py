@@ -289,6 +289,17 @@ def test_corrupt_header(tmp_path) -> None:
         list(read_checkpoint(path))
 
 
+def test_unknown_gguf_version(tmp_path) -> None:
+    path = tmp_path / "model.gguf"
+    write_gguf(path, {"a.weight": (np.ones((4, 4), np.float32), None)})
+    data = bytearray(path.read_bytes())
+    data[4:8] = (99).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"GGUF version 99.*pip install -U gguf") as caught:
+        list(read_checkpoint(path))
+    assert "truncated" not in str(caught.value)
+
+
 def tbweights_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run([sys.executable, "-m", "tbweights", *args], capture_output=True, text=True, env=env)
