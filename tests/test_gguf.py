@@ -344,6 +344,15 @@ def test_run_folder_of_gguf_files(tmp_path, read_run) -> None:
     assert reader.value("blk.0.w/weight", 100)[0, 0] == 100
 
 
+def test_split_part_warning(tmp_path) -> None:
+    path = tmp_path / "model-00001-of-00002.gguf"
+    write_gguf(path, {"blk.0.w.weight": (np.ones((2, 2), np.float32), None)})
+    converted = tbweights_cli("convert", str(path), "--logdir", str(tmp_path / "logs"))
+    assert converted.returncode == 0, converted.stderr
+    assert "one part of a model split with llama.cpp's gguf-split" in converted.stderr
+    assert "index file" not in converted.stderr
+
+
 @pytest.mark.parametrize("endianess", ["LITTLE", "BIG"])
 def test_metadata_arrays_are_stepped_over(tmp_path, endianess: str) -> None:
     from tbweights.checkpoints.gguf_header import open_fast
