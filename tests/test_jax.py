@@ -282,3 +282,18 @@ def test_orbax_manager_steps(variables, tmp_path, logdir, read_run) -> None:
     run = read_run(logdir)
     assert run.steps("Dense_0/kernel") == [0, 100]
     assert_logged(run, "Dense_0/kernel", leaf(variables, "params/Dense_0/kernel"), step=100)
+
+
+def test_orbax_opt_state_item_left_out(tmp_path) -> None:
+    """A manager step saved as Composite(state=..., opt_state=...) keeps the optimizer item out by default."""
+    ocp = pytest.importorskip("orbax.checkpoint")
+    manager = ocp.CheckpointManager(tmp_path / "manager")
+    params = {"params": {"w": jnp.ones((2, 2))}}
+    opt_state = {"mu": {"w": jnp.zeros((2, 2))}, "count": jnp.int32(3)}
+    args = ocp.args.Composite(state=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state))
+    manager.save(7, args=args)
+    manager.wait_until_finished()
+    step = tmp_path / "manager" / "7"
+    assert [record.name for record in read_checkpoint(step)] == ["state/params/w"]
+    with_optimizer = [record.name for record in read_checkpoint(step, LoadOptions(include_optimizer=True))]
+    assert sorted(with_optimizer) == ["opt_state/count", "opt_state/mu/w", "state/params/w"]
