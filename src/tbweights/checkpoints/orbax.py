@@ -107,7 +107,7 @@ def _item_tensors(folder: Path, item: str, options: LoadOptions) -> Iterator[Nam
         if shape is None or dtype is None:
             continue  # strings and other non-array leaves
         keys = tuple(key_name(key) for key in key_path)
-        # An item of its own (`Composite(opt_state=...)`) holds optimizer state as much as a key does.
+        # An item named like an optimizer key (`Composite(opt_state=...)`) contains optimizer state too.
         role = Role.OPTIMIZER if item in FLAX_OPTIMIZER_KEYS else flax_role(keys, len(shape))
         if role is Role.OPTIMIZER and not options.include_optimizer:
             continue
