@@ -297,3 +297,11 @@ def test_orbax_opt_state_item_left_out(tmp_path) -> None:
     assert [record.name for record in read_checkpoint(step)] == ["state/params/w"]
     with_optimizer = [record.name for record in read_checkpoint(step, LoadOptions(include_optimizer=True))]
     assert sorted(with_optimizer) == ["opt_state/count", "opt_state/mu/w", "state/params/w"]
+
+
+def test_msgpack_of_one_array(tmp_path) -> None:
+    path = tmp_path / "array.msgpack"
+    path.write_bytes(serialization.to_bytes(jnp.arange(6.0).reshape(2, 3)))
+    records = list(read_checkpoint(path))
+    assert [(r.name, r.shape) for r in records] == [("tensor", (2, 3))]
+    assert np.asarray(records[0].load()).tolist() == [[0, 1, 2], [3, 4, 5]]

@@ -157,7 +157,7 @@ def _leaves(tree: Any, parts: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...]
 def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
     # LoadOptions.trust changes nothing here: the file contains data only, never code.
     tree = load_state_dict(path)
-    if not isinstance(tree, Mapping):
+    if not isinstance(tree, Mapping | _Array):  # `to_bytes(array)` stores the array alone
         raise CheckpointError(
             path, f"the file contains a msgpack {type(tree).__name__}, expected a Flax state dict (a map)"
         )
