@@ -6,7 +6,8 @@ three extension codes: 1 for an ndarray and 3 for a NumPy scalar, both holding
 a nested msgpack array (shape, dtype name, C-order bytes), and 2 for a Python
 complex (real, imag). Arrays above 1 GiB are split into a map
 `{"__msgpack_chunked_array__": True, "shape": {...}, "chunks": {...}}` of
-flat pieces. Lists and tuples became maps with keys "0", "1", ...
+flat pieces. Lists and tuples became maps with keys "0", "1", ... A file of
+`to_bytes(array)` is that one extension object alone, read as the tensor `tensor`.
 
 This module does not call `flax.serialization.msgpack_restore`, for three
 reasons. Reading needs neither Flax nor JAX, whose import takes about a second.
