@@ -166,7 +166,12 @@ def report_text_widths(driver: Any, base_url: str, widths: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "images")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "images",
+        help="folder for the PNG files, created if missing (default: docs/images, which it overwrites)",
+    )
     parser.add_argument(
         "--text-widths",
         type=int,

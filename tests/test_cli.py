@@ -184,3 +184,20 @@ def test_convert_warns_about_a_lone_shard(tmp_path, read_run) -> None:
     assert result.returncode == 0, result.stderr
     assert "is one shard of a sharded checkpoint; pass its folder or index file" in result.stderr
     assert read_run(tmp_path / "run").steps("w") == [0]
+
+
+@pytest.mark.parametrize(
+    ("tensors", "patterns", "message"),
+    [
+        ({}, [], "no tensors found in"),
+        ({"w": np.ones(2, np.float32)}, ["--include", "nothing*"], "matched the --include/--exclude patterns"),
+    ],
+)
+def test_nothing_to_log_warning(tmp_path, tensors, patterns, message) -> None:
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    for command in (["convert", str(path), "--logdir", str(tmp_path / "run")], ["show", str(path)]):
+        result = tbweights(*command, *patterns)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.startswith("warning: ")
+        assert message in result.stderr

@@ -102,6 +102,19 @@ def test_ml_dtypes_arrays() -> None:
     assert compute_stats(fp8).min == -448.0
 
 
+@pytest.mark.parametrize("name", ["int4", "uint4", "int2", "uint2"])
+def test_sub_byte_integer_arrays(name: str) -> None:
+    """JAX's jnp.int4 arrays reach the kernel as ml_dtypes arrays, one value per byte."""
+    dtype = getattr(ml_dtypes, name, None)
+    if dtype is None:
+        pytest.skip(f"ml_dtypes {ml_dtypes.__version__} has no {name}")
+    values = [-1, 0, 1, 1] if name.startswith("int") else [3, 0, 1, 1]
+    stats = compute_stats(np.array(values, dtype=dtype))
+    assert (stats.min, stats.max) == (min(values), max(values))
+    assert stats.zeros == 1
+    assert stats.first == tuple(values)
+
+
 def test_safetensors_small_floats(tmp_path) -> None:
     from safetensors.torch import save_file
 

@@ -289,6 +289,17 @@ def test_corrupt_header(tmp_path) -> None:
         list(read_checkpoint(path))
 
 
+def test_unknown_gguf_version(tmp_path) -> None:
+    path = tmp_path / "model.gguf"
+    write_gguf(path, {"a.weight": (np.ones((4, 4), np.float32), None)})
+    data = bytearray(path.read_bytes())
+    data[4:8] = (99).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"GGUF version 99.*pip install -U gguf") as caught:
+        list(read_checkpoint(path))
+    assert "truncated" not in str(caught.value)
+
+
 def tbweights_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run([sys.executable, "-m", "tbweights", *args], capture_output=True, text=True, env=env)
@@ -319,6 +330,27 @@ def test_cli_truncated_file(tmp_path) -> None:
     assert shown.stderr.startswith("error: ")
     assert "truncated or corrupt" in shown.stderr
     assert "Traceback" not in shown.stderr
+
+
+def test_run_folder_of_gguf_files(tmp_path, read_run) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (100, 20):
+        write_gguf(run / f"model-step{step}.gguf", {"blk.0.w.weight": (np.full((2, 2), step, np.float32), None)})
+    converted = tbweights_cli("convert", str(run), "--logdir", str(tmp_path / "logs"))
+    assert converted.returncode == 0, converted.stderr
+    reader = read_run(tmp_path / "logs")
+    assert reader.steps("blk.0.w/weight") == [20, 100]
+    assert reader.value("blk.0.w/weight", 100)[0, 0] == 100
+
+
+def test_split_part_warning(tmp_path) -> None:
+    path = tmp_path / "model-00001-of-00002.gguf"
+    write_gguf(path, {"blk.0.w.weight": (np.ones((2, 2), np.float32), None)})
+    converted = tbweights_cli("convert", str(path), "--logdir", str(tmp_path / "logs"))
+    assert converted.returncode == 0, converted.stderr
+    assert "one part of a model split with llama.cpp's gguf-split" in converted.stderr
+    assert "index file" not in converted.stderr
 
 
 @pytest.mark.parametrize("endianess", ["LITTLE", "BIG"])

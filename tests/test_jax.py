@@ -141,6 +141,14 @@ def test_nnx_param_state_and_tuple_pytree(logdir) -> None:
     assert names == ["0/w", "1/0"]
 
 
+def test_dict_with_int_and_str_keys_is_logged(logdir) -> None:
+    # JAX cannot flatten a dict whose keys do not sort (1 and "a"), so such a mapping
+    # takes the generic path, for NumPy arrays as well as JAX arrays.
+    for array in (np.ones(3, np.float32), jnp.ones(3)):
+        report = log_weights({1: array, "a": {"w": array}}, logdir)
+        assert sorted(r.tensor.name for r in report.results) == ["1", "a.w"]
+
+
 SHARDED_SCRIPT = """
 import sys, jax, numpy as np, tbweights
 mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("x",))
@@ -184,6 +192,16 @@ def test_msgpack_chunked_and_nested_lists(tmp_path, monkeypatch) -> None:
     assert tensors["layers/1"] == 2.5
 
 
+def test_run_folder_of_msgpack_files(variables, tmp_path, logdir, read_run) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (30, 4):
+        (run / f"checkpoint_{step}.msgpack").write_bytes(serialization.to_bytes(variables))
+    report = convert([run], logdir)
+    assert [step.step for _, step in report.steps] == [4, 30]
+    assert read_run(logdir).steps("params/Dense_0/kernel") == [4, 30]
+
+
 def test_train_state_optimizer_left_out(tmp_path) -> None:
     optax = pytest.importorskip("optax")
     from flax.training import train_state
@@ -223,6 +241,20 @@ def test_msgpack_object_dtype_skips_one_tensor(tmp_path, logdir) -> None:
     assert [r.tensor.name for r in step.results] == ["good"]
 
 
+def test_msgpack_int4_arrays(tmp_path) -> None:
+    path = tmp_path / "int4.msgpack"
+    tree = {"i4": jnp.array([1, -2, 3], jnp.int4), "u4": jnp.array([0, 15], jnp.uint4)}
+    path.write_bytes(serialization.to_bytes(tree))
+    tensors = {record.name: record for record in read_checkpoint(path)}
+    assert tensors["i4"].dtype == "int4"
+    assert np.asarray(tensors["i4"].load()).astype(np.int8).tolist() == [1, -2, 3]
+    report = log_weights({name: record.load() for name, record in tensors.items()}, tmp_path / "logs")
+    assert report.skipped == []
+    stats = {r.tensor.name: r.stats for r in report.results}
+    assert (stats["i4"].min, stats["i4"].max) == (-2, 3)
+    assert (stats["u4"].min, stats["u4"].max) == (0, 15)
+
+
 def test_orbax_standard_checkpoint(variables, tmp_path, logdir, read_run) -> None:
     ocp = pytest.importorskip("orbax.checkpoint")
     folder = tmp_path / "orbax"
@@ -250,3 +282,26 @@ def test_orbax_manager_steps(variables, tmp_path, logdir, read_run) -> None:
     run = read_run(logdir)
     assert run.steps("Dense_0/kernel") == [0, 100]
     assert_logged(run, "Dense_0/kernel", leaf(variables, "params/Dense_0/kernel"), step=100)
+
+
+def test_orbax_opt_state_item_left_out(tmp_path) -> None:
+    """A manager step saved as Composite(state=..., opt_state=...) keeps the optimizer item out by default."""
+    ocp = pytest.importorskip("orbax.checkpoint")
+    manager = ocp.CheckpointManager(tmp_path / "manager")
+    params = {"params": {"w": jnp.ones((2, 2))}}
+    opt_state = {"mu": {"w": jnp.zeros((2, 2))}, "count": jnp.int32(3)}
+    args = ocp.args.Composite(state=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state))
+    manager.save(7, args=args)
+    manager.wait_until_finished()
+    step = tmp_path / "manager" / "7"
+    assert [record.name for record in read_checkpoint(step)] == ["state/params/w"]
+    with_optimizer = [record.name for record in read_checkpoint(step, LoadOptions(include_optimizer=True))]
+    assert sorted(with_optimizer) == ["opt_state/count", "opt_state/mu/w", "state/params/w"]
+
+
+def test_msgpack_of_one_array(tmp_path) -> None:
+    path = tmp_path / "array.msgpack"
+    path.write_bytes(serialization.to_bytes(jnp.arange(6.0).reshape(2, 3)))
+    records = list(read_checkpoint(path))
+    assert [(r.name, r.shape) for r in records] == [("tensor", (2, 3))]
+    assert np.asarray(records[0].load()).tolist() == [[0, 1, 2], [3, 4, 5]]

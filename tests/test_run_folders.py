@@ -178,6 +178,17 @@ def test_append_writes_only_new_steps(tmp_path: Path, read_run, capsys) -> None:
     assert read_run(logdir).steps(OVERVIEW) == [500, 1000, 1500, 2000]
 
 
+def test_unfinished_orbax_save_is_left_out(tmp_path: Path) -> None:
+    """Orbax writes a step into `<step>.orbax-checkpoint-tmp[-<time>]/` and renames it when done."""
+    run = tmp_path / "run"
+    save_steps(run, "{step}/model.safetensors", [0, 100])
+    save_steps(run, "200.orbax-checkpoint-tmp-1712345678/model.safetensors", [0])
+    found = scan_run_folder(run)
+    assert found is not None
+    assert found.steps == [0, 100]
+    assert any("unfinished Orbax save" in note for note in found.left_out)
+
+
 def test_append_library_report(tmp_path: Path) -> None:
     paths = save_steps(tmp_path / "run", "model_{step}.safetensors", [1, 2])
     first = convert(paths[:1], tmp_path / "logs")

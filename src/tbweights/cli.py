@@ -272,7 +272,7 @@ def run_convert(args: argparse.Namespace, out: Output) -> int:
     for path, step_report in report.steps:
         out.result(f"step {step_report.step}: {len(step_report.results)} tensors from {path}")
         if not step_report.results and not step_report.skipped:
-            out.warn(f"no tensor in {path} matched the --include/--exclude patterns")
+            out.warn(_nothing_selected(path, args))
         for skipped in step_report.skipped:
             out.warn(f"skipped tensor {skipped.name!r} in {path}: {skipped.reason}")
         skipped_tensors += len(step_report.skipped)
@@ -301,6 +301,12 @@ def _see_warnings(out: Output) -> str:
     return "rerun without --quiet to see which and why" if out.quiet else "see the warnings above"
 
 
+def _nothing_selected(path: str, args: argparse.Namespace) -> str:
+    if args.include or args.exclude:
+        return f"no tensor in {path} matched the --include/--exclude patterns"
+    return f"no tensors found in {path}"
+
+
 def run_show(args: argparse.Namespace, out: Output) -> int:
     from tbweights.writer import SummaryOptions
 
@@ -321,7 +327,7 @@ def run_show(args: argparse.Namespace, out: Output) -> int:
     selected = ((t, s) for t, s in rows if selection.selects(t.name))
     shown = print_show(selected, out, args.format, table_width(args.width))
     if shown.rows == 0 and shown.failures == 0:
-        out.warn(f"no tensors found in {args.checkpoint}")
+        out.warn(_nothing_selected(args.checkpoint, args))
     if shown.failures:
         if args.format is ShowFormat.TABLE:
             out.error(f"{shown.failures} tensor(s) skipped; {_see_warnings(out)}")

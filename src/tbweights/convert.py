@@ -172,6 +172,15 @@ def expand_run_folders(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[st
     return expanded, left_out
 
 
+def _shard_warning(path: str) -> str:
+    if path.endswith(".gguf"):
+        # NOTE: the parts of a gguf-split model are not joined; each is read as a model of its own.
+        return (
+            f"{path} is one part of a model split with llama.cpp's gguf-split; its step holds only this part's tensors"
+        )
+    return f"{path} is one shard of a sharded checkpoint; pass its folder or index file to read the whole model"
+
+
 def convert(
     paths: Sequence[str | os.PathLike[str]],
     logdir: str | os.PathLike[str],
@@ -203,9 +212,7 @@ def convert(
     plan = plan_steps(expanded, start_step)
     report = ConvertReport(logdir=os.fspath(logdir), step_warning=plan.warning, left_out=left_out)
     report.shard_warnings = [
-        f"{path} is one shard of a sharded checkpoint; pass its folder or index file to read the whole model"
-        for path in plan.paths
-        if SHARD_SUFFIX.search(Path(path).name.split(".", 1)[0])
+        _shard_warning(path) for path in plan.paths if SHARD_SUFFIX.search(Path(path).name.split(".", 1)[0])
     ]
     todo = _new_steps(plan, report)
     if todo.paths:

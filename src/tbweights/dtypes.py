@@ -10,6 +10,7 @@ raises a `TensorError` that gives the reason it cannot:
   implicit zeros are counted), tensors on other devices copied to the CPU;
 - torch `complex32` is widened to `complex64`, dtypes without a NumPy twin are
   read through a same-width integer view;
+- `ml_dtypes` int2, int4, uint2 and uint4 arrays are widened to int8 or uint8;
 - a replicated `DTensor` is read from this rank's copy;
 - tensors on the `meta` device, uninitialized lazy parameters, sharded
   `DTensor`s, nested tensors and packed 4-bit floats have no values here to
@@ -50,6 +51,14 @@ SMALL_FLOATS = frozenset(
     )
     if hasattr(ml_dtypes, name)
 ) | {np.dtype(np.float16)}
+
+# ml_dtypes' sub-byte integers (JAX's jnp.int4, ...), stored one value per byte and
+# widened to the 8-bit integer of the same sign for the kernel.
+SMALL_INTS = {
+    np.dtype(getattr(ml_dtypes, name)): np.dtype(np.int8 if name.startswith("int") else np.uint8)
+    for name in ("int2", "int4", "uint2", "uint4")
+    if hasattr(ml_dtypes, name)
+}
 
 # torch dtypes NumPy lacks, read through a same-width integer view: (torch name,
 # integer view, ml_dtypes name). Looked up by name so older torch and ml_dtypes
@@ -104,6 +113,9 @@ def to_numpy(values: Any, name: str = DEFAULT_NAME) -> np.ndarray:
             array = torch_to_numpy(values, name)
         else:
             array = np.asarray(values)
+    widened = SMALL_INTS.get(array.dtype)
+    if widened is not None:
+        array = array.astype(widened)  # one copy of the same size, since ml_dtypes stores a value per byte
     check_numpy(array, name)
     return array
 

@@ -6,7 +6,8 @@ three extension codes: 1 for an ndarray and 3 for a NumPy scalar, both holding
 a nested msgpack array (shape, dtype name, C-order bytes), and 2 for a Python
 complex (real, imag). Arrays above 1 GiB are split into a map
 `{"__msgpack_chunked_array__": True, "shape": {...}, "chunks": {...}}` of
-flat pieces. Lists and tuples became maps with keys "0", "1", ...
+flat pieces. Lists and tuples became maps with keys "0", "1", ... A file of
+`to_bytes(array)` is that one extension object alone, read as the tensor `tensor`.
 
 This module does not call `flax.serialization.msgpack_restore`, for three
 reasons. Reading needs neither Flax nor JAX, whose import takes about a second.
@@ -130,13 +131,14 @@ def _array(buffer: Any, ext: Ext, unpackb: Any) -> _Array:
 
 
 def resolve_dtype(dtype_name: str) -> np.dtype | None:
-    """Resolve a Flax dtype name (`float32`, `bfloat16`, `float8_e4m3fn`) to a numeric NumPy dtype, else None."""
+    """Resolve a Flax dtype name (`float32`, `bfloat16`, `int4`) to a numeric NumPy dtype, else None."""
     small_float = getattr(ml_dtypes, dtype_name, None)
     try:
         dtype = np.dtype(small_float) if small_float is not None else np.dtype(dtype_name)
     except (TypeError, ValueError):
         return None
-    return dtype if dtype.kind in _NUMERIC_KINDS or dtype in dtypes.SMALL_FLOATS else None
+    readable = dtype.kind in _NUMERIC_KINDS or dtype in dtypes.SMALL_FLOATS or dtype in dtypes.SMALL_INTS
+    return dtype if readable else None
 
 
 def _leaves(tree: Any, parts: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
@@ -156,7 +158,7 @@ def _leaves(tree: Any, parts: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...]
 def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
     # LoadOptions.trust changes nothing here: the file contains data only, never code.
     tree = load_state_dict(path)
-    if not isinstance(tree, Mapping):
+    if not isinstance(tree, Mapping | _Array):  # `to_bytes(array)` stores the array alone
         raise CheckpointError(
             path, f"the file contains a msgpack {type(tree).__name__}, expected a Flax state dict (a map)"
         )

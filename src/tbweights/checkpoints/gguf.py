@@ -30,6 +30,7 @@ when a GGUF file is read.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -92,10 +93,24 @@ def open_reader(path: Path) -> GGUFReader:
                 f"a tensor has a type that gguf {_version(gguf)} does not know ({error}); "
                 "upgrade the gguf package with `pip install -U gguf`",
             ) from None
+        version = _unknown_version(error)
+        if version is not None:
+            raise CheckpointError(
+                path,
+                f"the file is GGUF version {version}, which gguf {_version(gguf)} cannot read; "
+                "upgrade the gguf package with `pip install -U gguf`",
+            ) from None
         raise CheckpointError(path, _corrupt(error)) from None
     except (IndexError, KeyError, OverflowError, UnicodeDecodeError, struct.error) as error:
         raise CheckpointError(path, _corrupt(error)) from None
     return reader
+
+
+def _unknown_version(error: ValueError) -> int | None:
+    """Return the version in GGUFReader's error for a file version it does not handle, else None."""
+    # gguf 0.19 words it "Sorry, file appears to be version 4 which we cannot handle".
+    found = re.search(r"appears to be version (\d+)", str(error))
+    return int(found.group(1)) if found else None
 
 
 def _corrupt(error: BaseException) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tbweights.checkpoints import Format, LoadOptions
-from tbweights.checkpoints.flax_names import flax_role, join_path, linen_layer_type
+from tbweights.checkpoints.flax_names import FLAX_OPTIMIZER_KEYS, flax_role, join_path, linen_layer_type
 from tbweights.errors import CheckpointError, MissingDependencyError
 from tbweights.tensors import NamedTensor, Role
 
@@ -107,7 +107,8 @@ def _item_tensors(folder: Path, item: str, options: LoadOptions) -> Iterator[Nam
         if shape is None or dtype is None:
             continue  # strings and other non-array leaves
         keys = tuple(key_name(key) for key in key_path)
-        role = flax_role(keys, len(shape))
+        # An item named like an optimizer key (`Composite(opt_state=...)`) contains optimizer state too.
+        role = Role.OPTIMIZER if item in FLAX_OPTIMIZER_KEYS else flax_role(keys, len(shape))
         if role is Role.OPTIMIZER and not options.include_optimizer:
             continue
         yield NamedTensor(

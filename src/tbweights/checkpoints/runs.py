@@ -5,7 +5,7 @@ A run folder's checkpoints are its entries with a step number in their own name:
 - checkpoint folders, such as Hugging Face Trainer's `checkpoint-500/`: any
   subfolder that reads as one checkpoint;
 - weight files: `ckpt-1000.pt`, Lightning's `epoch=3-step=1200.ckpt`,
-  `model_00010.safetensors`;
+  `model_00010.safetensors`, `model-step100.gguf`, `checkpoint_100.msgpack`;
 - TensorFlow checkpoint prefixes: `ckpt-3`, from `ckpt-3.index` and its data files.
 
 A folder that is itself one checkpoint stays one checkpoint: a sharded
@@ -15,7 +15,8 @@ unless it also contains at least two step-numbered checkpoints, as a Trainer's
 output folder does after training. Weight files without a step number, such as
 Lightning's `last.ckpt` (a copy of or link to the newest checkpoint), are left
 out and reported. So are checkpoints that repeat a step (Lightning's `-v1` copies):
-the one saved last is kept. Optimizer and scheduler files, logs, JSON and YAML
+the one saved last is kept. Orbax's unfinished saves (`100.orbax-checkpoint-tmp`)
+are left out and reported too. Optimizer and scheduler files, logs, JSON and YAML
 files are ignored.
 """
 
@@ -37,6 +38,7 @@ SHARD_SUFFIX = re.compile(r"-\d+-of-\d+$")
 _OWN_CHECKPOINT_FILES = (".metadata", "saved_model.pb", "saved_model.pbtxt")
 _SHARD_INDEX_SUFFIX = ".index.json"
 _TF_INDEX_SUFFIX = ".index"
+_ORBAX_TMP = ".orbax-checkpoint-tmp"
 # Entries listed by name in the error of `tbweights show RUN_DIR`.
 _NAMES_SHOWN = 6
 
@@ -112,6 +114,10 @@ def scan_run_folder(folder: str | os.PathLike[str]) -> RunFolder | None:
         return None
     for entry in entries:
         if entry.name.startswith(NOT_MODEL_FILES):
+            continue
+        if _ORBAX_TMP in entry.name:
+            # Orbax writes a step into `100.orbax-checkpoint-tmp[-<time>]` and renames it when done.
+            run.left_out.append(f"{entry}: an unfinished Orbax save (still being written, or interrupted); left out")
             continue
         if entry.is_symlink() and not entry.exists():
             if entry.name.endswith(WEIGHT_SUFFIXES):

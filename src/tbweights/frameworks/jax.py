@@ -65,7 +65,12 @@ def accepts_model(obj: Any) -> bool:
         return True
     if not isinstance(obj, Mapping | list | tuple) and not dataclasses.is_dataclass(obj):
         return False
-    leaves = jax.tree_util.tree_leaves(obj, is_leaf=_is_variable)
+    try:
+        leaves = jax.tree_util.tree_leaves(obj, is_leaf=_is_variable)
+    except (TypeError, ValueError):
+        # JAX sorts dict keys and fails on keys that do not compare ({1: ..., "a": ...}).
+        # Such a mapping is left to the generic walk, which joins its keys with dots.
+        return False
     return any(isinstance(leaf, jax.Array) or _is_variable(leaf) for leaf in leaves)
 
 
