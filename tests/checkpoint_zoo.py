@@ -144,7 +144,7 @@ BROKEN: dict[str, tuple[str, Callable[[Path], Path], str]] = {
     "lfs_pointer": ("model.safetensors", lfs_pointer, "Git LFS pointer, not the checkpoint itself"),
     "lfs_pointer_pt": ("pytorch_model.bin", lfs_pointer, "git lfs pull"),
     "empty": ("model.pt", empty, "the file is empty"),
-    "directory": ("checkpoint-100", directory, "the folder is empty; pass a checkpoint file or a folder that contains one"),
+    "directory": ("checkpoint-100", directory, "the folder is empty; pass a checkpoint file or a folder"),
     "unknown": ("weights.dat", unknown, "unknown checkpoint format for this file"),
     "unknown_by_suffix": ("pytorch_model.bin", unknown, "not a PyTorch checkpoint: it starts with b'just'"),
     "other_zip": ("archive.zip", other_zip, "unknown checkpoint format"),
