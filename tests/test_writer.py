@@ -14,7 +14,7 @@ from tensorboard.util import tensor_util
 import tbweights
 from markdown_tables import code_text, parse_table
 from tbweights import WeightWriter, log_weights
-from tbweights.summaries import OVERVIEW_COLUMNS, TABLE_NAME_WIDTH, overview_markdown, table_names
+from tbweights.summaries import OVERVIEW_COLUMNS, overview_markdown
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 
@@ -81,47 +81,6 @@ def test_overview_table_has_a_row_per_tensor(logdir, read_run) -> None:
     names = [code_text(row[0]) for row in rows]
     assert names == ["0.weight", "0.bias", "2.weight", "2.bias", "3.weight", "3.bias"]
     assert "Skipped" not in text
-
-
-LORA_PREFIX = "base_model.model.model.language_model.layers."
-
-
-def test_overview_shortens_long_names(logdir, read_run) -> None:
-    leaves = [
-        f"{layer}.self_attn.{proj}.base_layer.lora_{ab}.default.weight"
-        for layer in (0, 11)
-        for proj in ("q_proj", "v_proj")
-        for ab in ("A", "B")
-    ]
-    log_weights({LORA_PREFIX + leaf: np.ones((2, 3), np.float32) for leaf in leaves}, logdir)
-    text = read_run(logdir).text("tbweights/overview")
-    assert text.startswith(f"Every name below starts with `{LORA_PREFIX}`.")
-    names = [code_text(row[0]) for row in parse_table(text)[1:]]
-    assert names == leaves
-    assert read_run(logdir).text(f"{LORA_PREFIX}0.self_attn.q_proj.base_layer.lora_A.default/weight/stats")
-
-
-def test_table_names_cut_the_middle() -> None:
-    names = ["encoder." + "block." * 12 + f"{i}.weight" for i in range(3)]
-    prefix, shown = table_names(names)
-    assert prefix == "encoder." + "block." * 12
-    assert shown == ["0.weight", "1.weight", "2.weight"]
-    prefix, shown = table_names(["a", "x" * 100 + ".weight"])
-    assert prefix == ""
-    assert all(len(name) <= TABLE_NAME_WIDTH for name in shown)
-    assert shown[1].endswith("….weight") or shown[1].endswith("…weight")
-
-
-def test_table_names_keep_short_names() -> None:
-    names = ["model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"]
-    assert table_names(names) == ("", names)
-
-
-def test_table_names_avoid_equal_cuts() -> None:
-    names = ["m." + "x" * 50 + ab + "x" * 50 + ".weight" for ab in "AB"]
-    prefix, shown = table_names(names)
-    assert prefix == "m."
-    assert shown == [name[2:] for name in names]
 
 
 def test_overview_row_matches_statistics(logdir, read_run) -> None:

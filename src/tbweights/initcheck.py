@@ -51,15 +51,7 @@ from tbweights.initschemes import (
     torch_default,
 )
 from tbweights.stats import TensorStats, as_numpy, compute_stats
-from tbweights.summaries import (
-    code_span,
-    escape_markdown,
-    fmt,
-    fmt_shape,
-    markdown_table,
-    name_prefix_note,
-    table_names,
-)
+from tbweights.summaries import code_span, escape_markdown, fmt, fmt_shape, markdown_table
 from tbweights.tensors import NamedTensor, Role
 
 if TYPE_CHECKING:
@@ -190,19 +182,18 @@ MARKDOWN_COLUMNS = ("name", "layer", "closest scheme", "expected std", "measured
 
 def init_check_markdown(report: InitReport) -> str:
     """Render the check for TensorBoard's text dashboard: a Markdown table, then the reasons."""
-    prefix, names = table_names([f.name for f in report.findings])
     rows = [
         [
-            code_span(name),
+            code_span(f.name),
             _layer_cell(f),
             escape_markdown(f.scheme or ""),
             fmt(f.expected_std),
             fmt(f.measured_std),
             f.verdict.value,
         ]
-        for f, name in zip(report.findings, names, strict=True)
+        for f in report.findings
     ]
-    text = name_prefix_note(prefix) + markdown_table(MARKDOWN_COLUMNS, rows)
+    text = markdown_table(MARKDOWN_COLUMNS, rows)
     if any(f.layer_inferred for f in report.findings):
         text += "\n\n\\* layer inferred from the tensor's name and shape"
     reasons = [

@@ -6,7 +6,6 @@ its `tensor_util`, so the protos are exactly what TensorBoard's readers expect.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Sequence
 
@@ -28,9 +27,6 @@ COMPLEX_NOTE = "mean, std, min, max, zeros and the histogram are of the magnitud
 # Count and first values are in each tensor's own table. In the overview they would
 # widen it past a text card in a 1280-pixel window, and TensorBoard then splits its words.
 OVERVIEW_COLUMNS = ("name", "shape", "dtype", "mean", "std", "min", "max", "non-finite")
-# Longer names squeeze the number columns of the overview and init-check tables until
-# TensorBoard 2.21 breaks numbers across lines: 96-character names did at 1400 pixels.
-TABLE_NAME_WIDTH = 48
 
 
 def histogram_value(tag: str, histogram: np.ndarray) -> summary_pb2.Summary.Value:
@@ -132,13 +128,10 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def overview_row(tensor: NamedTensor, stats: TensorStats, shown_name: str | None = None) -> list[str]:
-    """Build the Markdown cells of one tensor's overview row (`OVERVIEW_COLUMNS`).
-
-    `shown_name` replaces the tensor's name in the name cell (see `table_names`).
-    """
+def overview_row(tensor: NamedTensor, stats: TensorStats) -> list[str]:
+    """Build the Markdown cells of one tensor's overview row (`OVERVIEW_COLUMNS`)."""
     return [
-        code_span(tensor.name if shown_name is None else shown_name),
+        code_span(tensor.name),
         fmt_shape(tensor.shape),
         tensor.dtype,
         fmt(stats.mean),
@@ -149,41 +142,13 @@ def overview_row(tensor: NamedTensor, stats: TensorStats, shown_name: str | None
     ]
 
 
-def table_names(names: Sequence[str]) -> tuple[str, list[str]]:
-    """Shorten names for the name cells of a table: drop the prefix all share, then cut the middle.
-
-    Return the dropped prefix ("" for none) and the names to show. Nothing changes
-    while every name fits in `TABLE_NAME_WIDTH`. When the middle cut would make
-    two names equal, the names keep their full length after the prefix.
-    """
-    # Imported here: show_format imports initcheck, which imports this module.
-    from tbweights.show_format import shorten_middle
-
-    if not names or max(len(name) for name in names) <= TABLE_NAME_WIDTH:
-        return "", list(names)
-    common = os.path.commonprefix(list(names)) if len(names) > 1 else ""
-    cut = max(common.rfind("."), common.rfind("/")) + 1
-    rests = [name[cut:] or name for name in names]
-    shown = [shorten_middle(rest, TABLE_NAME_WIDTH) for rest in rests]
-    if len(set(shown)) < len(set(rests)):
-        shown = rests
-    return names[0][:cut], shown
-
-
-def name_prefix_note(prefix: str) -> str:
-    """Return the line that states the prefix `table_names` dropped, or "" when it dropped none."""
-    return f"Every name below starts with {code_span(prefix)}.\n\n" if prefix else ""
-
-
-def overview_markdown(
-    rows: Sequence[Sequence[str]], skipped: Sequence[tuple[str, str]] = (), name_prefix: str = ""
-) -> str:
+def overview_markdown(rows: Sequence[Sequence[str]], skipped: Sequence[tuple[str, str]] = ()) -> str:
     """Render the overview: a Markdown table of `overview_row`s, then the (name, reason) of each skipped tensor.
 
     A reason is free text of any length, so it goes in a list under the table
     rather than into a cell, where it would widen the table past its card.
     """
-    text = name_prefix_note(name_prefix) + markdown_table(OVERVIEW_COLUMNS, rows)
+    text = markdown_table(OVERVIEW_COLUMNS, rows)
     if skipped:
         items = [f"- {code_span(name)}: {escape_markdown(reason)}" for name, reason in skipped]
         text += "\n\nSkipped:\n\n" + "\n".join(items)

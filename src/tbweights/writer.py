@@ -266,10 +266,9 @@ class WeightWriter:
         self._sink.write_summary(step, summary_values)
 
     def _write_overview(self, report: StepReport) -> None:
-        prefix, names = summaries.table_names([r.tensor.name for r in report.results])
-        rows = [summaries.overview_row(r.tensor, r.stats, name) for r, name in zip(report.results, names, strict=True)]
+        rows = [summaries.overview_row(r.tensor, r.stats) for r in report.results]
         skipped = [(s.name, s.reason) for s in report.skipped]
-        table = summaries.overview_markdown(rows, skipped, prefix)
+        table = summaries.overview_markdown(rows, skipped)
         self._sink.write_summary(report.step, [summaries.text_value(OVERVIEW_TAG, table)])
 
     def _write_init_check(self, step: int, init_check: InitReport) -> None:
