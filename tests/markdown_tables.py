@@ -66,7 +66,12 @@ def table_records(text: str) -> list[dict[str, str]]:
 
 
 def code_text(cell: str) -> str:
-    """Return the verbatim text of a cell that is one code span (`summaries.code_span`)."""
+    """Return the verbatim text of a cell of code spans (`summaries.code_span`, or `name_cell`'s
+    lines joined by `<br>`)."""
+    return "".join(_span_text(line) for line in cell.split("<br>"))
+
+
+def _span_text(cell: str) -> str:
     match = re.fullmatch(r"(`+)(.*?)\1", cell, re.DOTALL)
     if match is None:
         raise ValueError(f"not a code span: {cell!r}")

@@ -14,7 +14,7 @@ from tensorboard.util import tensor_util
 import tbweights
 from markdown_tables import code_text, parse_table
 from tbweights import WeightWriter, log_weights
-from tbweights.summaries import OVERVIEW_COLUMNS, overview_markdown
+from tbweights.summaries import NAME_LINE_WIDTH, OVERVIEW_COLUMNS, name_cell, overview_markdown
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 
@@ -81,6 +81,30 @@ def test_overview_table_has_a_row_per_tensor(logdir, read_run) -> None:
     names = [code_text(row[0]) for row in rows]
     assert names == ["0.weight", "0.bias", "2.weight", "2.bias", "3.weight", "3.bias"]
     assert "Skipped" not in text
+
+
+LORA_NAME = "base_model.model.model.language_model.layers.0.self_attn.q_proj.base_layer.lora_A.default.weight"
+
+
+def test_name_cell_wraps_long_names() -> None:
+    cell = name_cell(LORA_NAME)
+    lines = cell.split("<br>")
+    assert len(lines) > 1
+    assert all(len(code_text(line)) <= NAME_LINE_WIDTH for line in lines)
+    assert code_text(cell) == LORA_NAME
+
+
+def test_name_cell_breaks_after_separators() -> None:
+    assert name_cell("fc1.weight") == "`fc1.weight`"
+    assert name_cell("layers.0/fc1.weight") == "`layers.0/fc1.`<br>`weight`"
+    assert name_cell("x" * 30 + ".b") == "`" + "x" * 30 + ".`<br>`b`"  # a long part stays whole
+
+
+def test_overview_keeps_long_names_whole(logdir, read_run) -> None:
+    names = [LORA_NAME, LORA_NAME.replace("lora_A", "lora_B"), "head/w|odd`name"]
+    log_weights({name: np.ones((2, 3), np.float32) for name in names}, logdir)
+    rows = parse_table(read_run(logdir).text("tbweights/overview"))[1:]
+    assert [code_text(row[0]) for row in rows] == names
 
 
 def test_overview_row_matches_statistics(logdir, read_run) -> None:

@@ -51,7 +51,7 @@ from tbweights.initschemes import (
     torch_default,
 )
 from tbweights.stats import TensorStats, as_numpy, compute_stats
-from tbweights.summaries import code_span, escape_markdown, fmt, fmt_shape, markdown_table
+from tbweights.summaries import code_span, escape_markdown, fmt, fmt_shape, markdown_table, name_cell
 from tbweights.tensors import NamedTensor, Role
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ def init_check_markdown(report: InitReport) -> str:
     """Render the check for TensorBoard's text dashboard: a Markdown table, then the reasons."""
     rows = [
         [
-            code_span(f.name),
+            name_cell(f.name),
             _layer_cell(f),
             escape_markdown(f.scheme or ""),
             fmt(f.expected_std),

@@ -27,6 +27,11 @@ COMPLEX_NOTE = "mean, std, min, max, zeros and the histogram are of the magnitud
 # Count and first values are in each tensor's own table. In the overview they would
 # widen it past a text card in a 1280-pixel window, and TensorBoard then splits its words.
 OVERVIEW_COLUMNS = ("name", "shape", "dtype", "mean", "std", "min", "max", "non-finite")
+# The longest line of a name cell, in characters. With longer lines the overview and
+# init-check tables grow wider than a text card in a 1280-pixel window, and
+# TensorBoard 2.21 then breaks their numbers across lines.
+NAME_LINE_WIDTH = 16
+_NAME_PARTS = re.compile(r"[^./]*[./]|[^./]+$")
 
 
 def histogram_value(tag: str, histogram: np.ndarray) -> summary_pb2.Summary.Value:
@@ -81,6 +86,21 @@ def code_span(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+def name_cell(name: str) -> str:
+    """Render a tensor name for a table cell, verbatim, broken into lines after `.` or `/`.
+
+    Each line is a code span of at most `NAME_LINE_WIDTH` characters (a longer part
+    stays whole), and `<br>` joins them. TensorBoard's sanitizer keeps `<br>`.
+    """
+    lines: list[str] = []
+    for part in _NAME_PARTS.findall(name):
+        if lines and len(lines[-1]) + len(part) <= NAME_LINE_WIDTH:
+            lines[-1] += part
+        else:
+            lines.append(part)
+    return "<br>".join(code_span(line) for line in lines) if lines else code_span(name)
+
+
 def escape_markdown(text: str) -> str:
     """Keep raw text, such as a name or a reason, from being read as Markdown or HTML."""
     escaped = text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'").replace("<", "&lt;")
@@ -131,7 +151,7 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 def overview_row(tensor: NamedTensor, stats: TensorStats) -> list[str]:
     """Build the Markdown cells of one tensor's overview row (`OVERVIEW_COLUMNS`)."""
     return [
-        code_span(tensor.name),
+        name_cell(tensor.name),
         fmt_shape(tensor.shape),
         tensor.dtype,
         fmt(stats.mean),
