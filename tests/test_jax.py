@@ -269,6 +269,19 @@ def test_orbax_standard_checkpoint(variables, tmp_path, logdir, read_run) -> Non
         np.testing.assert_array_equal(tensor.load(), leaf(variables, name))
 
 
+def test_orbax_corrupt_data_files(variables, tmp_path) -> None:
+    ocp = pytest.importorskip("orbax.checkpoint")
+    folder = tmp_path / "orbax"
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(folder, variables)
+    checkpointer.wait_until_finished()
+    for path in (folder / "d").rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[:30])
+    with pytest.raises(CheckpointError, match=r"data files \(manifest.ocdbt, d/\) are missing or corrupt"):
+        list(read_checkpoint(folder))
+
+
 def test_orbax_manager_steps(variables, tmp_path, logdir, read_run) -> None:
     ocp = pytest.importorskip("orbax.checkpoint")
     root = tmp_path / "manager"

@@ -97,7 +97,9 @@ def _item_tensors(folder: Path, item: str, options: LoadOptions) -> Iterator[Nam
     tree = getattr(tree, "tree", tree)
     if tree is None:
         raise CheckpointError(
-            folder, f"Orbax found no pytree metadata in {TREE_METADATA}; the file is missing or corrupt"
+            folder,
+            f"Orbax could not read this checkpoint's metadata; {TREE_METADATA}, the array metadata "
+            "or the data files (manifest.ocdbt, d/) are missing or corrupt",
         )
     prefix = (item,) if item else ()
     flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
