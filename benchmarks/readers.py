@@ -12,12 +12,13 @@ fresh processes, each `--repeat` times after one `cat` that warms the page cache
 - `python -m tbweights convert PATH --logdir DIR -q`;
 - the peer (`reader_peers.py`): load with the format's library, then
   `SummaryWriter.add_histogram` for every tensor, with torch.utils.tensorboard and
-  with tensorboardX.
+  with tensorboardX (one run: see `PEER_REPEAT`).
 
 Memory is the process's max RSS from `wait4` minus that of a process that only
 imports the same modules (`import tbweights.cli` and the format's library for
-tbweights; `reader_peers.py --import-only` for a peer). Tables give medians and
-the ratios tbweights / peer; the files are deleted at the end.
+tbweights; `reader_peers.py --import-only` for a peer); that process's wall time
+is the start-up and import part. Tables give medians and the ratios
+tbweights / peer; the files are deleted at the end.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ import format_files  # noqa: E402
 import run  # noqa: E402
 
 PEERS = ["torch", "tensorboardx"]
+# torch.utils.tensorboard's histogram code came from tensorboardX, and the two took within 8% of
+# each other's time in a first run of this script, so one tensorboardX run keeps the default run short.
+PEER_REPEAT = {"tensorboardx": 1}
 # What `tbweights convert` imports for each format besides the CLI: its import baseline.
 TBWEIGHTS_IMPORTS = {
     "gguf": "gguf.quants",
@@ -93,6 +97,7 @@ def run_format(runner: run.Runner, kind: str, scale: str, folder: Path, peers: l
         row = {**spec, "tool": tool, "command": " ".join(command), **result}
         if baseline:
             row["baseline_mib"] = baseline["max_rss_mib"]
+            row["baseline_s"] = baseline["median_s"]
             row["baseline_command"] = baseline["command"]
             row["above_baseline_mib"] = row["max_rss_mib"] - baseline["max_rss_mib"]
         rows.append(row)
@@ -110,21 +115,23 @@ def run_format(runner: run.Runner, kind: str, scale: str, folder: Path, peers: l
 
     for peer in peers:
         script = [python, str(HERE / "reader_peers.py"), peer, kind, str(path), str(logdir)]
-        peer_baseline = {**measure(runner, [*script, "--import-only"], repeat), "command": " ".join(script[:4])}
-        add(f"{peer} add_histogram", script, measure(runner, script, repeat, lambda: shutil.rmtree(logdir, True)),
-            peer_baseline)
+        peer_repeat = min(repeat, PEER_REPEAT.get(peer, repeat))
+        peer_baseline = {**measure(runner, [*script, "--import-only"], peer_repeat), "command": " ".join(script[:4])}
+        result = measure(runner, script, peer_repeat, lambda: shutil.rmtree(logdir, True))
+        add(f"{peer} add_histogram", script, result, peer_baseline)
     shutil.rmtree(logdir, ignore_errors=True)
     shutil.rmtree(folder / kind, ignore_errors=True)
     return rows
 
 
 def markdown(result: dict[str, Any]) -> str:
-    header = ["format", "MB", "tool", "median", "time tbweights / tool", "max RSS, MiB",
+    header = ["format", "MB", "tool", "runs", "median", "of which start-up + import", "time tbweights / tool",
+              "max RSS, MiB",
               "above import baseline, MiB", "memory tbweights / tool", "peer: load + add_histogram"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in result["results"]:
         if "skipped" in row:
-            lines.append(f"| {row['format']} | | | {row['skipped']} |" + " |" * (len(header) - 4))
+            lines.append(f"| {row['format']} | | | | {row['skipped']} |" + " |" * (len(header) - 5))
             continue
         ours = next(r for r in result["results"] if r.get("format") == row["format"] and r["tool"] == "tbweights convert")
         time_ratio = f"{ours['median_s'] / row['median_s']:.2f}" if row["tool"] != "tbweights convert" else "1"
@@ -137,7 +144,8 @@ def markdown(result: dict[str, Any]) -> str:
             split = f"{row['output']['load_s']:.2f} + {row['output']['histogram_s']:.2f} s"
         median = f"{row['median_s']:.3g} s" + (" (error)" if "error" in row else "")
         lines.append("| " + " | ".join([
-            row["format"], f"{row['bytes'] / 1e6:,.0f}", row["tool"], median, time_ratio,
+            row["format"], f"{row['bytes'] / 1e6:,.0f}", row["tool"], str(len(row["times_s"])), median,
+            f"{row['baseline_s']:.2f} s" if "baseline_s" in row else "", time_ratio,
             f"{row['max_rss_mib']:,.0f}", "" if above is None else f"{above:,.0f}", memory_ratio, split,
         ]) + " |")
     return "\n".join(lines) + "\n"
