@@ -1,10 +1,10 @@
 """Checkpoint files in other formats, written by each format's own library, for `readers.py`.
 
 Every tensor is float32 N(0, 0.02) from a fixed seed (`data.tensor`), so the files
-are the same from run to run. The shapes follow the usual models of each format:
-a llama-style GGUF with Q8_0, Q4_0, F16 and F32 tensors, an MLP in ONNX with its
-initializers in one external data file, and Flax `Dense` layers in a msgpack file
-and in an Orbax checkpoint.
+are the same from run to run. The shapes follow the usual models of each format.
+GGUF gets a llama-style model with Q8_0, Q4_0, F16 and F32 tensors. ONNX gets an
+MLP with its initializers in one external data file. Flax msgpack and Orbax get
+`Dense` layers.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import data
 import numpy as np
 
-import data
-
-# Per format and scale: the shape parameters. The comments give the sizes they make.
+# Shape parameters per format and scale; the comments give the sizes they make.
 SIZES: dict[str, dict[str, dict[str, int]]] = {
     # full: 210 MB, 200 M elements (Q8_0 embedding and up/gate, Q4_0 attention and down, F16 output)
     "gguf": {"smoke": {"vocab": 256, "width": 64, "layers": 2}, "full": {"vocab": 32000, "width": 1024, "layers": 8}},

@@ -3,10 +3,11 @@
     python benchmarks/readers.py --scale smoke        # seconds; what the test suite runs
     python benchmarks/readers.py --scale full --out readers.json
 
-For each format (GGUF with Q8_0, Q4_0, F16 and F32 tensors; ONNX with external
-data; Flax msgpack; Orbax `StandardCheckpointer`) the script writes a checkpoint
-with the format's own library (`format_files.py`) under `--workdir`, then runs in
-fresh processes, each `--repeat` times after one `cat` that warms the page cache:
+The formats are GGUF with Q8_0, Q4_0, F16 and F32 tensors, ONNX with external
+data, Flax msgpack and Orbax `StandardCheckpointer`. For each, the script writes a
+checkpoint with the format's own library (`format_files.py`) under `--workdir`.
+Then it runs these in fresh processes, each `--repeat` times after one `cat` that
+warms the page cache:
 
 - `cat FILES > /dev/null`, every file of the checkpoint: the floor;
 - `python -m tbweights convert PATH --logdir DIR -q`;
@@ -29,6 +30,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +48,7 @@ PEERS = ["torch", "tensorboardx"]
 # torch.utils.tensorboard's histogram code came from tensorboardX, and the two took within 8% of
 # each other's time in a first run of this script, so one tensorboardX run keeps the default run short.
 PEER_REPEAT = {"tensorboardx": 1}
-# What `tbweights convert` imports for each format besides the CLI: its import baseline.
+# Modules that `tbweights convert` imports for each format besides the CLI, for its import baseline.
 TBWEIGHTS_IMPORTS = {
     "gguf": "gguf.quants",
     "onnx": "onnx",
@@ -133,7 +135,9 @@ def markdown(result: dict[str, Any]) -> str:
         if "skipped" in row:
             lines.append(f"| {row['format']} | | | | {row['skipped']} |" + " |" * (len(header) - 5))
             continue
-        ours = next(r for r in result["results"] if r.get("format") == row["format"] and r["tool"] == "tbweights convert")
+        ours = next(
+            r for r in result["results"] if r.get("format") == row["format"] and r["tool"] == "tbweights convert"
+        )
         time_ratio = f"{ours['median_s'] / row['median_s']:.2f}" if row["tool"] != "tbweights convert" else "1"
         above = row.get("above_baseline_mib")
         memory_ratio = ""
@@ -159,7 +163,9 @@ def environment() -> dict[str, Any]:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "missing"
+    commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return {
+        "tbweights_commit": commit.stdout.strip(),
         "python": sys.version.split()[0],
         "versions": versions,
         "cpus": len(os.sched_getaffinity(0)),

@@ -3,9 +3,9 @@
 The script runs for GGUF and ONNX (a single file and a file with its external
 data) and no peer: about 5 s on 2 CPUs. All four formats took 13 s, and each peer
 process adds 2 to 3 s of imports per format. The writers and the peers' loading
-code of every format are checked in this process instead: for each format the
-peer must yield the same tensors, with the same number of elements, as tbweights
-reads from the same file, so that the benchmark compares like with like.
+code of every format are checked in this process instead. For each format the
+peer must yield as many tensors, of the same sizes, as tbweights reads from the
+same file, so that the benchmark compares like with like.
 """
 
 from __future__ import annotations
