@@ -143,7 +143,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--trust-checkpoint",
         action="store_true",
         help="allow loaders that can run code from the file (full pickles, "
-        "TorchScript, NumPy object arrays); only for files you trust",
+        "TorchScript, NumPy object arrays) and ONNX external data outside the "
+        "model's folder; only for files you trust",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress or warnings on stderr")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
