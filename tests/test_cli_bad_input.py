@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,16 @@ def test_unexpected_error_no_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path
     )
     with pytest.raises(ZeroDivisionError):
         main(["show", str(tmp_path / "x.pt"), "--debug"])
+
+
+def test_torch_checkpoint_without_torch(tmp_path) -> None:
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "train.pt"
+    torch.save({"w": torch.ones(2)}, path)
+    hide_torch = "import sys; sys.modules['torch'] = None; from tbweights.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run(
+        [sys.executable, "-c", hide_torch, "show", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert "pip install 'tbweights[torch]'" in result.stderr
+    assert "unexpected" not in result.stderr

@@ -136,6 +136,14 @@ def test_safetensors_small_floats(tmp_path) -> None:
     assert stats["f8b"].max == 57344.0
 
 
+def test_nested_tensor_skipped(tmp_path) -> None:
+    nested = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+    report = log_weights({"nt": nested, "w": torch.ones(4)}, tmp_path)
+    assert [s.name for s in report.skipped] == ["nt"]
+    assert "nested tensor; log its components" in report.skipped[0].reason
+    assert [r.tensor.name for r in report.results] == ["w"]
+
+
 def test_meta_and_lazy_parameters_reported(tmp_path) -> None:
     model = torch.nn.Sequential(torch.nn.LazyLinear(3), torch.nn.Linear(3, 2, device="meta"), torch.nn.Linear(2, 2))
     report = log_weights(model, tmp_path)

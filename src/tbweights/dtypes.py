@@ -170,6 +170,8 @@ def _reject_valueless(torch: Any, tensor: Any, name: str) -> None:
             "run one forward pass before logging the model",
         )
     dtype = _torch_dtype_name(tensor.dtype)
+    if getattr(tensor, "is_nested", False):  # before .shape, which a nested tensor raises on
+        raise TensorError(name, "is a nested tensor; log its components one by one", dtype=dtype)
     shape = tuple(tensor.shape)
     if tensor.device.type == "meta":
         raise TensorError(
@@ -180,8 +182,6 @@ def _reject_valueless(torch: Any, tensor: Any, name: str) -> None:
             dtype=dtype,
             shape=shape,
         )
-    if getattr(tensor, "is_nested", False):
-        raise TensorError(name, "is a nested tensor; log its components one by one", dtype=dtype)
     if dtype.startswith("float4_"):
         raise TensorError(
             name,

@@ -7,7 +7,7 @@ parsed protobuf; ONNX caps such files at 2 GB.
 
 Besides the main graph, the reader walks every subgraph (`If` branches, `Loop` and
 `Scan` bodies, at any depth) and the model's local functions. A tensor of a
-subgraph is named after the path to it: `/If_0/then_branch/` plus its name, and
+subgraph is named after the path to it: `If_0/then_branch/` plus its name, and
 one of a function gets `function:NAME/` in front. Where two names would be equal,
 `#2`, `#3`, ... is appended. A `Constant` node's tensor
 takes the name of the node's output, which is how other nodes refer to it.

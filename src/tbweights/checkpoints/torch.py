@@ -143,9 +143,9 @@ def _first_line(text: str) -> str:
 
 
 def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:
+    torch = _import_torch()  # first: without torch, the adapter's import would fail unexplained
     from tbweights.frameworks import torch as torch_adapter
 
-    torch = _import_torch()
     obj = load_object(path, options)
     # Zip checkpoints are memory-mapped (see load_object): pages of tensors that lie in
     # the file's mappings are dropped after each tensor. Other memory must not be.

@@ -64,9 +64,11 @@ def tensor_record(
             note="uninitialized lazy parameter",
             layer_type=layer_type,
         )
+    # A nested tensor's components differ in shape, so it has none; load() reports it.
+    shape = () if getattr(value, "is_nested", False) else tuple(value.shape)
     return NamedTensor(
         name=name,
-        shape=tuple(value.shape),
+        shape=shape,
         dtype=dtype_name(value.dtype),
         load=lambda: dtypes.plain_torch_tensor(value, name),
         role=role or guess_role(name, value.dim()),
