@@ -87,6 +87,7 @@ def test_optimizer_states_only_when_asked(run: Path) -> None:
     names = [t.name for t in read_checkpoint(path, LoadOptions(include_optimizer=True))]
     assert "net.0.weight" in names
     assert any(name.startswith("optimizer_states.") and name.endswith("exp_avg") for name in names)
+    assert not [name for name in names if name.startswith(("callbacks.", "loops."))]
 
 
 def test_run_folder_converts_each_step(run: Path, tmp_path: Path, read_run, capsys) -> None:

@@ -31,6 +31,10 @@ OPTIMIZER_KEYS = frozenset(
     }
 )
 
+# Lightning's training-loop and callback state (such as ModelCheckpoint's best score),
+# left out even with include_optimizer.
+BOOKKEEPING_KEYS = frozenset({"callbacks", "loops"})
+
 
 def flatten(tree: Any, is_tensor: Callable[[Any], bool], prefix: str = "") -> Iterator[tuple[str, Any]]:
     """(dotted path, tensor) for every tensor leaf of nested mappings, lists and tuples."""
@@ -82,7 +86,11 @@ def weight_tensors(
         key, sub = found
         pairs = _strip_module_prefix(list(flatten(sub, is_tensor)))
         if include_optimizer:
-            pairs += [(n, v) for n, v in flatten(tree, is_tensor) if not n.startswith(key + ".")]
+            pairs += [
+                (n, v)
+                for n, v in flatten(tree, is_tensor)
+                if not n.startswith(key + ".") and n.split(".", 1)[0] not in BOOKKEEPING_KEYS
+            ]
         return pairs
     pairs = []
     for key, value in tree.items():
