@@ -7,7 +7,9 @@ which lets the CLI print them and tests check them without parsing messages.
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 
 
 class TbweightsError(Exception):
@@ -75,3 +77,11 @@ class MissingDependencyError(TbweightsError):
         super().__init__(
             f"{purpose} needs the {package} package; install it with `pip install 'tbweights[{extra}]'`"
         )
+
+
+def import_optional(module: str, package: str, extra: str, purpose: str) -> ModuleType:
+    """Import `module`, or raise `MissingDependencyError` that names its `package` and tbweights `extra`."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(package, extra, purpose) from None

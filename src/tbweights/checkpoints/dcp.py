@@ -18,7 +18,7 @@ from typing import Any
 
 from tbweights.checkpoints import Format, LoadOptions
 from tbweights.checkpoints.nesting import OPTIMIZER_KEYS, weight_tensors
-from tbweights.errors import CheckpointError, MissingDependencyError
+from tbweights.errors import CheckpointError, import_optional
 from tbweights.tensors import NamedTensor, Role, guess_role
 
 METADATA_FILE = ".metadata"
@@ -43,11 +43,7 @@ def _sniff(path: Path, head: bytes) -> bool:
 
 
 def _import_dcp() -> Any:
-    try:
-        import torch.distributed.checkpoint as dcp
-    except ImportError:
-        raise MissingDependencyError("torch", "torch", "reading a PyTorch distributed checkpoint") from None
-    return dcp
+    return import_optional("torch.distributed.checkpoint", "torch", "torch", "reading a PyTorch distributed checkpoint")
 
 
 def _read_metadata(root: Path) -> Any:

@@ -41,7 +41,7 @@ from tbweights.checkpoints import Format, LoadOptions
 from tbweights.checkpoints.flax_names import flax_role, join_path, linen_layer_type
 from tbweights.checkpoints.msgpack_index import Blob, Ext, index_document
 from tbweights.checkpoints.pages import PageWindow, file_mappings, watch
-from tbweights.errors import CheckpointError, MissingDependencyError, TensorError
+from tbweights.errors import CheckpointError, TensorError, import_optional
 from tbweights.tensors import NamedTensor, Role
 
 _NDARRAY = 1
@@ -66,11 +66,7 @@ class _Array:
 
 
 def _import_msgpack() -> Any:
-    try:
-        import msgpack
-    except ImportError:
-        raise MissingDependencyError("msgpack", "jax", "reading Flax msgpack checkpoints") from None
-    return msgpack
+    return import_optional("msgpack", "msgpack", "jax", "reading Flax msgpack checkpoints")
 
 
 def _sniff(path: Path, head: bytes) -> bool:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ import numpy as np
 from tbweights.checkpoints import Format, LoadOptions
 from tbweights.checkpoints.gguf_header import open_fast
 from tbweights.checkpoints.pages import PageWindow
-from tbweights.errors import CheckpointError, MissingDependencyError, TensorError
+from tbweights.errors import CheckpointError, TensorError, import_optional
 from tbweights.tensors import NamedTensor, guess_role
 
 if TYPE_CHECKING:
@@ -68,12 +69,8 @@ _HEAD_PARTS = ("output", "output_norm", "cls")
 
 
 def import_gguf() -> Any:
-    try:
-        import gguf
-        import gguf.quants  # noqa: F401
-    except ImportError:
-        raise MissingDependencyError("gguf", "gguf", "reading a GGUF file") from None
-    return gguf
+    import_optional("gguf.quants", "gguf", "gguf", "reading a GGUF file")  # also imports gguf
+    return sys.modules["gguf"]
 
 
 def _sniff(path: Path, head: bytes) -> bool:

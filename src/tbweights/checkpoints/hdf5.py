@@ -14,17 +14,13 @@ from typing import IO, Any
 import ml_dtypes
 import numpy as np
 
-from tbweights.errors import CheckpointError, MissingDependencyError
+from tbweights.errors import CheckpointError, import_optional
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 def import_h5py() -> Any:
-    try:
-        import h5py
-    except ImportError:
-        raise MissingDependencyError("h5py", "keras", "reading a Keras weights file") from None
-    return h5py
+    return import_optional("h5py", "h5py", "keras", "reading a Keras weights file")
 
 
 def h5py_available() -> bool:

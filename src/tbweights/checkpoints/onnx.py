@@ -37,7 +37,7 @@ import numpy as np
 from tbweights.checkpoints import HEAD_BYTES, Format, LoadOptions
 from tbweights.checkpoints.onnx_data import ExternalFiles, decode, densify, dtype_name, summarizable
 from tbweights.checkpoints.pages import PageWindow, watch
-from tbweights.errors import CheckpointError, MissingDependencyError
+from tbweights.errors import CheckpointError, import_optional
 from tbweights.tensors import NamedTensor, guess_role
 
 logger = logging.getLogger(__name__)
@@ -115,11 +115,9 @@ def _varint(data: bytes, position: int) -> tuple[int | None, int]:
 
 
 def _load_model(path: Path) -> Any:
-    try:
-        import onnx
-        from google.protobuf.message import DecodeError
-    except ImportError:
-        raise MissingDependencyError("onnx", "onnx", "reading an ONNX model") from None
+    from google.protobuf.message import DecodeError  # protobuf comes with tensorboard
+
+    onnx = import_optional("onnx", "onnx", "onnx", "reading an ONNX model")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as error:

@@ -27,7 +27,7 @@ import numpy as np
 
 from tbweights.checkpoints import Format, LoadOptions
 from tbweights.checkpoints.flax_names import FLAX_OPTIMIZER_KEYS, flax_role, join_path, linen_layer_type
-from tbweights.errors import CheckpointError, MissingDependencyError
+from tbweights.errors import CheckpointError, import_optional
 from tbweights.tensors import NamedTensor, Role
 
 TREE_METADATA = "_METADATA"
@@ -60,11 +60,7 @@ def _sniff(path: Path, head: bytes) -> bool:
 
 
 def _import_orbax() -> Any:
-    try:
-        import orbax.checkpoint as ocp
-    except ImportError:
-        raise MissingDependencyError("orbax-checkpoint", "jax", "reading Orbax checkpoints") from None
-    return ocp
+    return import_optional("orbax.checkpoint", "orbax-checkpoint", "jax", "reading Orbax checkpoints")
 
 
 def _read(path: Path, options: LoadOptions) -> Iterator[NamedTensor]:

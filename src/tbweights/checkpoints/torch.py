@@ -19,7 +19,7 @@ from tbweights.checkpoints import ZIP_MAGIC, Format, LoadOptions, zip_members
 from tbweights.checkpoints.nesting import weight_tensors
 from tbweights.checkpoints.onnx import suffix_hint as onnx_suffix_hint
 from tbweights.checkpoints.pages import PageWindow, file_mappings, watch
-from tbweights.errors import CheckpointError, MissingDependencyError, UnsafeCheckpointError
+from tbweights.errors import CheckpointError, UnsafeCheckpointError, import_optional
 from tbweights.tensors import NamedTensor, Role
 
 PICKLE_PROTOCOL_2_PLUS = b"\x80"
@@ -49,11 +49,7 @@ def _is_torchscript(members: list[str]) -> bool:
 
 
 def _import_torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependencyError("torch", "torch", "reading a PyTorch checkpoint") from None
-    return torch
+    return import_optional("torch", "torch", "torch", "reading a PyTorch checkpoint")
 
 
 def load_object(path: Path, options: LoadOptions) -> Any:
