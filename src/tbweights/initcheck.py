@@ -51,7 +51,7 @@ from tbweights.initschemes import (
     torch_default,
 )
 from tbweights.stats import TensorStats, as_numpy, compute_stats
-from tbweights.summaries import code_span, escape_markdown, fmt, fmt_shape, markdown_table, name_cell
+from tbweights.summaries import code_span, escape_markdown, fmt, markdown_table, name_cell
 from tbweights.tensors import NamedTensor, Role
 
 if TYPE_CHECKING:
@@ -129,48 +129,6 @@ class InitReport:
     def summary_line(self) -> str:
         counts = self.counts()
         return ", ".join(f"{counts[v]} {v.value}" for v in Verdict)
-
-    def table(self) -> list[list[str]]:
-        """Header and one row per tensor, as plain strings."""
-        rows = [list(REPORT_COLUMNS)]
-        rows += [finding_row(f) for f in self.findings]
-        return rows
-
-
-REPORT_COLUMNS = (
-    "name",
-    "shape",
-    "layer",
-    "fan in/out",
-    "closest scheme",
-    "expected std",
-    "measured std",
-    "expected bounds",
-    "measured min, max",
-    "verdict",
-    "why",
-)
-
-
-def finding_row(finding: InitFinding) -> list[str]:
-    fan = "" if finding.fan_in is None else f"{finding.fan_in}/{finding.fan_out}"
-    return [
-        finding.name,
-        fmt_shape(finding.shape),
-        finding.layer,
-        fan,
-        finding.scheme or "",
-        fmt(finding.expected_std),
-        fmt(finding.measured_std),
-        _fmt_bounds(finding.expected_bounds, "none" if finding.scheme else ""),
-        _fmt_bounds(finding.measured_bounds, "n/a"),
-        finding.verdict.value,
-        finding.reason,
-    ]
-
-
-def _fmt_bounds(bounds: tuple[float, float] | None, missing: str) -> str:
-    return missing if bounds is None else f"{fmt(bounds[0])}, {fmt(bounds[1])}"
 
 
 # The columns of the TensorBoard table (`init_check_markdown`). Shape, fans and bounds are
