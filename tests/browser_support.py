@@ -14,16 +14,12 @@ queries below walk every shadow root (`DEEP_ALL`).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from loopback import free_port, get_json
 from tbweights import WeightWriter
 
 RUN = "mlp"
@@ -92,20 +89,6 @@ def write_run(logdir: Path, steps: tuple[int, ...] = STEPS) -> Path:
                 name: 1.03 * w + rng.normal(0.0, 0.02, w.shape).astype(np.float32) for name, w in weights.items()
             }
     return run_dir
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def get_json(port: int, route: str, **params: str) -> Any:
-    url = f"http://127.0.0.1:{port}{route}"
-    if params:
-        url += "?" + urllib.parse.urlencode(params)
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
 
 
 def _run_loaded(port: int, steps: tuple[int, ...]) -> bool:

@@ -11,7 +11,6 @@ import importlib.util
 import math
 import os
 import pickle
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,12 +31,7 @@ from tbweights.tags import OVERVIEW_TAG, clean_tag
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 import distributed_cases
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from loopback import free_port
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -85,7 +79,7 @@ CASES = [
 @pytest.mark.parametrize(("case", "world"), CASES, ids=[f"{c}-{w}" for c, w in CASES])
 def test_sharded_matches_single_process(case: str, world: int, tmp_path: Path, read_run: Any) -> None:
     torch.multiprocessing.spawn(
-        distributed_cases.run_case, args=(world, _free_port(), case, str(tmp_path)), nprocs=world
+        distributed_cases.run_case, args=(world, free_port(), case, str(tmp_path)), nprocs=world
     )
 
     single = _load(tmp_path / "single.pkl")
@@ -113,7 +107,7 @@ def test_torchrun_example_logs_each_step(tmp_path: Path, read_run: Any) -> None:
     command = [
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
         str(REPO / "examples" / "distributed_fsdp.py"),
         "--logdir", str(logdir), "--steps", "2", "--log-every", "1",
     ]  # fmt: skip
@@ -149,7 +143,7 @@ def single_rank_group() -> Any:
     """A one-process gloo group in the test process itself."""
     if dist.is_initialized():
         pytest.skip("a process group is already initialized in this process")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
         yield dist.group.WORLD
     finally:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import ml_dtypes
 import numpy as np
 import pytest
 
+from loopback import free_port
 from tbweights import log_weights
 from tbweights.errors import TensorError
 from tbweights.stats import compute_stats
@@ -211,12 +211,6 @@ def test_tied_tensors_in_checkpoint(tmp_path) -> None:
     assert [(t.name, t.aliases) for t in tensors] == [("encoder.weight", ("decoder.weight",)), ("other", ())]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_dtensor_replicated_and_sharded() -> None:
     distributed = pytest.importorskip("torch.distributed")
     if not distributed.is_available():
@@ -224,7 +218,7 @@ def test_dtensor_replicated_and_sharded() -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     distributed.init_process_group("gloo", rank=0, world_size=1)
     try:
         mesh = init_device_mesh("cpu", (1,))

@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from loopback import free_port, get_json
 from tbweights import log_weights
 
 STARTUP_SECONDS = 90
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def get_json(port: int, route: str, **params: str) -> object:
-    url = f"http://127.0.0.1:{port}{route}"
-    if params:
-        url += "?" + urllib.parse.urlencode(params)
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
 
 
 @pytest.fixture
