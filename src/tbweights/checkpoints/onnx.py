@@ -37,6 +37,7 @@ import numpy as np
 from tbweights.checkpoints import HEAD_BYTES, Format, LoadOptions
 from tbweights.checkpoints.onnx_data import ExternalFiles, decode, densify, dtype_name, summarizable
 from tbweights.checkpoints.pages import PageWindow, watch
+from tbweights.checkpoints.tf_table import read_varint
 from tbweights.errors import CheckpointError, import_optional
 from tbweights.tensors import NamedTensor, guess_role
 
@@ -86,32 +87,19 @@ def _looks_like_model(head: bytes) -> bool:
     Only the tags are checked, by hand, so that detection needs no `onnx` import.
     """
     position, fields = 0, 0
-    while position < len(head):
-        tag, position = _varint(head, position)
-        if tag is None:
-            break
-        number, wire_type = tag >> 3, tag & 7
-        if _MODEL_FIELDS.get(number) != wire_type:
-            return False
-        fields += 1
-        value, position = _varint(head, position)
-        if value is None:
-            break
-        if wire_type == 2:
-            position += value
+    try:
+        while position < len(head):
+            tag, position = read_varint(head, position)
+            number, wire_type = tag >> 3, tag & 7
+            if _MODEL_FIELDS.get(number) != wire_type:
+                return False
+            fields += 1
+            value, position = read_varint(head, position)
+            if wire_type == 2:
+                position += value
+    except ValueError:
+        pass  # `head` ends inside a field; the fields before it decided
     return fields > 0
-
-
-def _varint(data: bytes, position: int) -> tuple[int | None, int]:
-    value, shift = 0, 0
-    while position < len(data):
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, position
-        shift += 7
-    return None, position
 
 
 def _load_model(path: Path) -> Any:

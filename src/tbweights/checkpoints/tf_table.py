@@ -42,8 +42,11 @@ def has_table_magic(tail: bytes) -> bool:
     return len(tail) >= 8 and struct.unpack("<Q", tail[-8:])[0] == TABLE_MAGIC
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """Decode one unsigned LEB128 varint at `pos`; return (value, next position)."""
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """Decode one unsigned LEB128 varint (as in protobuf and LevelDB) at `pos`; return (value, next position).
+
+    Raise `ValueError` when the data ends inside the varint or it is longer than 64 bits.
+    """
     result = 0
     shift = 0
     while True:
@@ -58,8 +61,8 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _block_handle(data: bytes, pos: int) -> tuple[tuple[int, int], int]:
-    offset, pos = _varint(data, pos)
-    size, pos = _varint(data, pos)
+    offset, pos = read_varint(data, pos)
+    size, pos = read_varint(data, pos)
     return (offset, size), pos
 
 
@@ -152,9 +155,9 @@ class IndexTable:
         pos = 0
         key = b""
         while pos < limit:
-            shared, pos = _varint(block, pos)
-            unshared, pos = _varint(block, pos)
-            value_length, pos = _varint(block, pos)
+            shared, pos = read_varint(block, pos)
+            unshared, pos = read_varint(block, pos)
+            value_length, pos = read_varint(block, pos)
             if shared > len(key) or pos + unshared + value_length > limit:
                 raise self._error("a block entry points outside its block")
             key = key[:shared] + block[pos : pos + unshared]
