@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from tbweights.convert import describe
 from tbweights.show_format import ELLIPSIS, INIT_FIELDS, INIT_TABLE, SHOW_FIELDS, SHOW_TABLE, Column
 
 LONG = "encoder.layers.11.attention.self.query.weight"
@@ -195,6 +196,18 @@ def with_bad_tensor(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("bad") / "mixed.npz"
     np.savez(path, w=np.arange(6, dtype=np.float32).reshape(2, 3), labels=np.array(["a", "bc"]))
     return str(path)
+
+
+def test_describe_skips_unselected_tensors(with_bad_tensor) -> None:
+    rows = list(describe(with_bad_tensor, select=lambda name: name != "labels"))
+    assert [tensor.name for tensor, _ in rows] == ["w"]
+    assert not isinstance(rows[0][1], str)
+
+
+def test_excluded_bad_tensor_is_not_read(with_bad_tensor) -> None:
+    result = show(with_bad_tensor, "--exclude", "labels")
+    assert result.returncode == 0
+    assert "labels" not in result.stderr
 
 
 @pytest.mark.parametrize("output_format", ["json", "csv"])

@@ -324,9 +324,8 @@ def run_show(args: argparse.Namespace, out: Output) -> int:
             out.error(f"some tensors have a broken initialization; see {where}")
             return EXIT_ERROR
         return 0
-    rows = describe(args.checkpoint, first=args.first, load_options=_load_options(args))
-    selected = ((t, s) for t, s in rows if selection.selects(t.name))
-    shown = print_show(selected, out, args.format, table_width(args.width))
+    rows = describe(args.checkpoint, first=args.first, load_options=_load_options(args), select=selection.selects)
+    shown = print_show(rows, out, args.format, table_width(args.width))
     if shown.rows == 0 and shown.failures == 0:
         out.warn(_nothing_selected(args.checkpoint, args))
     if shown.failures:

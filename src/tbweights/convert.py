@@ -282,10 +282,16 @@ def describe(
     first: int = 5,
     buckets: int = 30,
     load_options: LoadOptions | None = None,
+    select: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[NamedTensor, TensorStats | str]]:
     """(tensor, statistics) for each tensor of a checkpoint; a reason string in place
-    of the statistics when that tensor could not be summarized."""
+    of the statistics when that tensor could not be summarized.
+
+    Tensors whose name `select` rejects are skipped before they are loaded.
+    """
     for tensor in read_checkpoint(path, load_options):
+        if select is not None and not select(tensor.name):
+            continue
         try:
             yield tensor, compute_stats(tensor.load(), buckets=buckets, first=first)
         except _TENSOR_ERRORS as error:
