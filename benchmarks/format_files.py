@@ -88,7 +88,7 @@ def write_gguf(path: Path, vocab: int, width: int, layers: int) -> Path:
 
 
 def write_onnx(path: Path, width: int, layers: int) -> Path:
-    """An MLP `x -> MatMul -> Add -> Relu -> ...`, widths alternating `width` and `2 * width`."""
+    """Write an MLP `x -> MatMul -> Add -> Relu -> ...`, widths alternating `width` and `2 * width`."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -148,7 +148,7 @@ def write_orbax(path: Path, width: int, layers: int) -> Path:
 
 
 def files(path: Path) -> list[Path]:
-    """Every file that makes up the checkpoint at `path` (the ONNX data file, Orbax's folder)."""
+    """List every file that makes up the checkpoint at `path` (the ONNX data file, Orbax's folder)."""
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file())
     return sorted(p for p in path.parent.iterdir() if p.is_file() and p.name.startswith(path.name))

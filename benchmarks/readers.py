@@ -16,9 +16,9 @@ warms the page cache:
   with tensorboardX (one run: see `PEER_REPEAT`).
 
 Memory is the process's max RSS from `wait4` minus that of a process that only
-imports the same modules (`import tbweights.cli` and the format's library for
-tbweights; `reader_peers.py --import-only` for a peer); that process's wall time
-is the start-up and import part. Tables give medians and the ratios
+imports the same modules: `import tbweights.cli` and the format's library for
+tbweights, `reader_peers.py --import-only` for a peer. The wall time of that
+process is the start-up and import part. Tables give medians and the ratios
 tbweights / peer; the files are deleted at the end.
 """
 

@@ -2,9 +2,9 @@
 
 A real `tensorboard` serves a run of four steps on 127.0.0.1, and headless
 Chromium opens its dashboards. The checks read the rendered page (the DOM after
-TensorBoard's scripts ran), not the HTTP API: the cards of our tags exist and
-drew their charts, the text tables are HTML tables with our columns, the NaN
-tensor shows its NaN count, and no dashboard shows an error.
+TensorBoard's scripts ran), not the HTTP API. The cards of our tags must exist
+and draw their charts, and the text tables must be HTML tables with our columns.
+The NaN tensor must show its NaN count, and no dashboard may show an error.
 """
 
 from __future__ import annotations

@@ -240,7 +240,8 @@ def test_empty_csv_has_header(checkpoint) -> None:
     result = show(checkpoint, "--format", "csv", "--include", "no-such-*")
     assert result.returncode == 0
     assert result.stdout.splitlines() == [",".join(SHOW_FIELDS)]
-    assert "no tensor in" in result.stderr and "matched the --include/--exclude patterns" in result.stderr
+    assert "no tensor in" in result.stderr
+    assert "matched the --include/--exclude patterns" in result.stderr
 
 
 def test_json_into_closed_pipe(checkpoint) -> None:

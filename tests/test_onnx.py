@@ -572,7 +572,7 @@ def test_corrupt_onnx_clear_error(tmp_path: Path, linear) -> None:
 
 def test_model_without_graph_rejected(tmp_path: Path) -> None:
     path = tmp_path / "empty.onnx"
-    path.write_bytes(b"\x08\x07")  # ir_version 7 and nothing else: parses, but holds no graph
+    path.write_bytes(b"\x08\x07")  # ir_version 7 and nothing else: parses, but contains no graph
     assert detect(path).name == "onnx"
     with pytest.raises(CheckpointError, match="contains no graph"):
         list(read_checkpoint(path))

@@ -110,7 +110,7 @@ def test_onnx_run_folder(tmp_path: Path, read_run) -> None:
 
 
 def test_checkpoint_folder_without_model_is_reported(tmp_path: Path, read_run, capsys) -> None:
-    """A Trainer `checkpoint-N/` that is still being saved contains no model file yet, and convert must say so."""
+    """A Trainer `checkpoint-N/` that is still being saved contains no model file yet, so convert must warn."""
     run = tmp_path / "output"
     save(run / "checkpoint-100" / "model.safetensors", 100.0)
     (run / "checkpoint-200").mkdir()

@@ -158,7 +158,7 @@ class _RecordPrinter:
         self.count = 0
 
     def __call__(self, record: dict[str, object]) -> None:
-        # Flushed per record, so a reader such as `jq` sees each tensor once it is summarized.
+        # Flushed per record, so a reader such as `jq` receives each tensor as soon as it is summarized.
         if self._format is ShowFormat.JSON:
             self._out.result(json_line(record), flush=True)
         else:

@@ -123,8 +123,8 @@ class ConvertReport:
     """What `convert` wrote, skipped and failed to read.
 
     `already_logged` lists (checkpoint, step) pairs not written because the
-    logdir already contains that step. `left_out` says why other checkpoints were
-    not written: weight files of a run folder without a step number, and steps
+    logdir already contains that step. `left_out` gives the reason other checkpoints
+    were not written: weight files of a run folder without a step number, and steps
     below the last one already in the logdir.
     """
 

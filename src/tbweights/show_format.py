@@ -198,9 +198,12 @@ def render_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], width
 
 def display_width(text: str) -> int:
     """Count the terminal columns of `text`: wide and fullwidth East Asian characters take two, combining marks none."""
-    return sum(
-        0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text
-    )
+    width = 0
+    for char in text:
+        if unicodedata.combining(char):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in "WF" else 1
+    return width
 
 
 def _fit_cell(cell: str, width: int, shorten: Callable[[str, int], str]) -> str:
@@ -281,7 +284,7 @@ def show_table_row(tensor: NamedTensor, stats: TensorStats) -> list[str]:
 
 
 def failed_table_row(tensor: NamedTensor, reason: str) -> list[str]:
-    """A table row for a tensor that could not be summarized: dashes for the statistics, the reason last."""
+    """Build the table row of a tensor that could not be summarized: dashes for the statistics, the reason last."""
     dashes = ["-"] * 5  # mean, std, min, max, nan/inf
     name, shape, count = printable(tensor.name), format_shape(tensor.shape), format_count(tensor.size)
     return [name, shape, tensor.dtype, count, *dashes, reason]

@@ -27,7 +27,7 @@ COMPLEX_NOTE = "mean, std, min, max, zeros and the histogram are of the magnitud
 # Count and first values are in each tensor's own table. In the overview they would
 # widen it past a text card in a 1280-pixel window, and TensorBoard then splits its words.
 OVERVIEW_COLUMNS = ("name", "shape", "dtype", "mean", "std", "min", "max", "non-finite")
-# The longest line of a name cell, in characters. With longer lines the overview and
+# Maximum length of one line of a name cell, in characters. With longer lines the overview and
 # init-check tables grow wider than a text card in a 1280-pixel window, and
 # TensorBoard 2.21 then breaks their numbers across lines.
 NAME_LINE_WIDTH = 16

@@ -7,7 +7,7 @@ folder per item inside each step folder: `100/_CHECKPOINT_METADATA` beside
 `100/default/_METADATA`. This module reads a pytree folder or a step folder. A
 manager's root, which contains the step folders `0/`, `100/`, ..., is a run of
 several checkpoints: `tbweights convert` reads it as a run folder, one step per
-step folder, and reading it as one checkpoint raises an error that says so.
+step folder, and reading it as one checkpoint raises an error that names that command.
 
 Shapes and dtypes come from Orbax's metadata without reading any array. Values
 are restored with Orbax itself, one tensor at a time, as NumPy arrays on the

@@ -46,10 +46,11 @@ _NAMES_SHOWN = 6
 def step_from_name(name: str) -> int | None:
     """Read the step in one file or folder name without its suffix, or return None.
 
-    The number after `step`, `iter`, `checkpoint`, `ckpt` or `epoch` counts (the
-    one after `step` wins, so `epoch=3-step=1200` gives 1200), else a number that
-    ends the name after `-`, `_` or `.`, or the whole name when it is a number
-    (Orbax's step folders). Numbers beyond TensorBoard's int64 steps are ignored.
+    The number after `step`, `iter`, `checkpoint`, `ckpt` or `epoch` counts, and
+    the one after `step` wins, so `epoch=3-step=1200` gives 1200. Otherwise a
+    number that ends the name after `-`, `_` or `.` counts, or the whole name when
+    it is a number (Orbax's step folders). Numbers beyond TensorBoard's int64
+    steps are ignored.
     """
     if name.isdigit() and int(name) <= MAX_STEP:
         return int(name)  # an Orbax CheckpointManager names each step's folder by the step alone
